@@ -1,0 +1,58 @@
+"""The `mahler` command: parses arguments and calls one library function per subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mahler_dist.errors import MahlerError
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from mahler_dist.inspect import inspect_file
+
+    print(inspect_file(args.file, write_midi=args.write_midi))
+    return 0
+
+
+def _cmd_describe(args: argparse.Namespace) -> int:
+    from mahler_dist.config import load_config, resolve_config_path
+    from mahler_dist.model.summary import describe_text
+
+    print(describe_text(load_config(resolve_config_path(args.config))))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mahler",
+        description="MahlerNet on Ray: preprocess MIDI, train the C-VAE, generate and serve music.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("inspect", help="show what the representation makes of a MIDI file")
+    p.add_argument("file", help="a .mid/.midi file")
+    p.add_argument("--write-midi", metavar="OUT.mid", help="also write the round-tripped MIDI here")
+    p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("describe", help="print a configuration's architecture and parameter counts")
+    p.add_argument("--config", default=None, help="a YAML file or a preset name (tiny, small, mahlernet)")
+    p.set_defaults(func=_cmd_describe)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except MahlerError as e:
+        print(f"mahler {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mahler {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""Piece <-> compact event rows, and the bar windows the model trains on (reference 1.1, 2.7, 2.8).
+
+Rows are *bar-anchored*: the first row of every bar measures its offset from the bar start - the
+reference's first-row rewrite (2.8), applied once for the whole piece - so a bar window is a plain
+slice of the piece's rows and the windows concatenated give back the piece. Within a bar, a gap
+that no single class expresses is covered by pause rows (duration class 0) followed by the
+note's offset; an empty bar is one pause row of a bar's length with beat slot 0 (reference 2.8).
+A pause row's beat and active sets are taken at its end, where it moves the time to.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from mahler_dist.music import piece as P
+from mahler_dist.music.instruments import write_back_programs
+from mahler_dist.music.piece import Piece
+from mahler_dist.music.score import MetreChange, Score, sort_notes
+from mahler_dist.music.timing import CLASS_TICKS, beat_position, class_of_ticks, decompose_gap
+from mahler_dist.music.vocab import (
+    ACTIVE_BYTES,
+    BEAT,
+    DURATION,
+    INSTRUMENT,
+    NONE,
+    NUM_INSTRUMENTS,
+    NUM_PITCHES,
+    OFFSET,
+    PITCH,
+    PITCH_LOW,
+    ROW_DTYPE,
+    ROW_WIDTH,
+    START_ROW,
+    pack_active,
+)
+
+
+@dataclass
+class PieceRows:
+    """A piece as rows. `bar_starts[b]:bar_starts[b+1]` are bar b's rows (every bar has >= 1)."""
+
+    rows: np.ndarray          # int8 [R, 5]
+    active: np.ndarray        # uint8 [R, ACTIVE_BYTES]
+    bar_starts: np.ndarray    # int64 [n_bars + 1]
+    metres: list[str]         # per bar, e.g. "4/4"
+    chunk_start: np.ndarray   # bool [n_bars]
+    dropped: Counter          # notes that could not become rows, by reason
+
+    @property
+    def num_bars(self) -> int:
+        return len(self.metres)
+
+    def bar(self, b: int) -> tuple[np.ndarray, np.ndarray]:
+        s, e = self.bar_starts[b], self.bar_starts[b + 1]
+        return self.rows[s:e], self.active[s:e]
+
+
+def piece_to_rows(piece: Piece) -> PieceRows:
+    """Rows for every bar of `piece`, with the sets of sounding pitches/instruments per row."""
+    starts, ends = piece.absolute_times()
+    notes = piece.notes
+    n = len(notes)
+    rows: list[tuple[int, int, int, int, int]] = []
+    snap_at: list[tuple[int, int]] = []     # per row: (time, index of first note not yet added)
+    bar_starts = [0]
+    dropped = Counter()
+    by_bar = np.searchsorted(notes[:, P.BAR], np.arange(piece.num_bars + 1)) if n else np.zeros(piece.num_bars + 1, int)
+    for b, bar in enumerate(piece.bars):
+        metre, ref = bar.metre, 0
+        lo, hi = int(by_bar[b]), int(by_bar[b + 1])
+        if lo == hi:   # empty bar: one pause row of a bar's length, beat slot 0 (reference 2.8)
+            rows.append((class_of_ticks(metre.bar_ticks), 0, 0, NONE, NONE))
+            snap_at.append((bar.start + metre.bar_score_ticks, lo))
+        i = lo
+        while i < hi:
+            pos = int(notes[i, P.POS])
+            j = i
+            while j < hi and notes[j, P.POS] == pos:
+                j += 1
+            parts = decompose_gap(pos - ref, metre)
+            if parts is None:   # the quantiser prevents this; kept as a guard that counts
+                dropped["gap not representable"] += j - i
+                i = j
+                continue
+            offset = 0
+            for k, cls in enumerate(parts):
+                if k == len(parts) - 1:
+                    offset = cls
+                    break
+                ref += int(CLASS_TICKS[cls])   # pause row up to `ref`
+                rows.append((cls, beat_position(ref), 0, NONE, NONE))
+                snap_at.append((bar.start + metre.to_score_ticks(ref), i))
+            for k in range(i, j):
+                rows.append((offset if k == i else 0, beat_position(pos), int(notes[k, P.DUR]),
+                             int(notes[k, P.PITCH]), int(notes[k, P.INSTR])))
+                snap_at.append((int(starts[k]), k))
+            ref = pos
+            i = j
+        bar_starts.append(len(rows))
+    active = _active_sets(snap_at, notes, starts, ends)
+    return PieceRows(
+        rows=np.asarray(rows, dtype=ROW_DTYPE).reshape(-1, ROW_WIDTH),
+        active=active,
+        bar_starts=np.asarray(bar_starts, dtype=np.int64),
+        metres=[str(b.metre) for b in piece.bars],
+        chunk_start=np.array([b.chunk_start for b in piece.bars], dtype=bool),
+        dropped=dropped,
+    )
+
+
+def _active_sets(snap_at: list[tuple[int, int]], notes: np.ndarray, starts: np.ndarray,
+                 ends: np.ndarray) -> np.ndarray:
+    """For each row (time t, note index k): pitches/instruments of the notes that started before
+    note k (in row order) and end after t - i.e. sounding at t before the row's own note
+    (reference 1.1: earlier notes of the same chord count; notes ending at or before t do not)."""
+    pitch_count = np.zeros(NUM_PITCHES, dtype=np.int32)
+    instr_count = np.zeros(NUM_INSTRUMENTS, dtype=np.int32)
+    pitch_sets = np.zeros((len(snap_at), NUM_PITCHES), dtype=bool)
+    instr_sets = np.zeros((len(snap_at), NUM_INSTRUMENTS), dtype=bool)
+    sounding: list[tuple[int, int, int]] = []   # heap of (end, pitch, instrument)
+    added = 0
+    for r, (t, k) in enumerate(snap_at):
+        while added < k:   # notes before k in row order have started
+            p, ins = int(notes[added, P.PITCH]), int(notes[added, P.INSTR])
+            heapq.heappush(sounding, (int(ends[added]), p, ins))
+            pitch_count[p] += 1
+            instr_count[ins] += 1
+            added += 1
+        while sounding and sounding[0][0] <= t:
+            _, p, ins = heapq.heappop(sounding)
+            pitch_count[p] -= 1
+            instr_count[ins] -= 1
+        pitch_sets[r] = pitch_count > 0
+        instr_sets[r] = instr_count > 0
+    if not len(snap_at):
+        return np.zeros((0, ACTIVE_BYTES), dtype=np.uint8)
+    return pack_active(pitch_sets, instr_sets)
+
+
+def rows_to_piece(rows: PieceRows, template: Piece) -> Piece:
+    """Decode rows back into notes on the bars of `template` (its bars, metres and chunks).
+    Onsets past the bar end are dropped (a generated bar cannot overflow)."""
+    out = []
+    for b, bar in enumerate(template.bars):
+        bar_rows, _ = rows.bar(b)
+        out.extend((b, pos, dur, pitch, instr) for pos, dur, pitch, instr in decode_bar(bar_rows, bar.metre.bar_ticks))
+    notes = np.asarray(out, dtype=np.int64).reshape(-1, 5)
+    return Piece(template.name, list(template.bars), P.sort_piece_notes(notes))
+
+
+def decode_bar(bar_rows: np.ndarray, bar_ticks: int) -> list[tuple[int, int, int, int]]:
+    """One bar's rows -> [(position in model ticks, duration class, pitch, instrument)]."""
+    notes, t = [], 0
+    for offset, _, duration, pitch, instr in np.asarray(bar_rows, dtype=np.int64):
+        if duration < 0:          # START token: no time
+            continue
+        t += int(CLASS_TICKS[offset])
+        if t >= bar_ticks:
+            break
+        if duration > 0 and pitch >= 0 and instr >= 0:
+            notes.append((t, int(duration), int(pitch), int(instr)))
+    return notes
+
+
+def piece_to_score(piece: Piece, programs: tuple[int, ...] | None = None) -> Score:
+    """A Piece as a Score for MIDI output: pitches from indices, the write-back program of each
+    instrument class (`programs`, default instruments.write_back_programs()), one channel per
+    class (skipping the drum channel 9; classes beyond 15 share channels), 120 bpm, velocity 64
+    and the piece's metres (the original writes no tempo either: reference 9, item 10)."""
+    programs = programs or write_back_programs()
+    starts, ends = piece.absolute_times()
+    instr = piece.notes[:, P.INSTR]
+    used = sorted(set(int(i) for i in instr))
+    free = [c for c in range(16) if c != 9]
+    channel_of = {cls: free[k % len(free)] for k, cls in enumerate(used)}
+    notes = np.stack([starts, ends, piece.notes[:, P.PITCH] + PITCH_LOW,
+                      np.asarray(programs)[instr] if len(instr) else instr,
+                      np.array([channel_of[int(i)] for i in instr], dtype=np.int64),
+                      np.zeros_like(starts)], 1) if len(instr) else np.zeros((0, 6), np.int64)
+    metres, last = [], None
+    for bar in piece.bars:
+        if (bar.metre.numerator, bar.metre.denominator) != last:
+            last = (bar.metre.numerator, bar.metre.denominator)
+            metres.append(MetreChange(bar.start, *last))
+    end = piece.bars[-1].start + piece.bars[-1].metre.bar_score_ticks if piece.bars else 0
+    return Score(notes=sort_notes(notes), metres=metres, end_tick=end, source_notes=len(notes))
+
+
+@dataclass
+class BarSample:
+    """One training sample: a bar (inputs) with the previous bar (context; START for a chunk's first)."""
+
+    bar: int
+    metre: str
+    context: np.ndarray   # int8 [Tc, 5]
+    inputs: np.ndarray    # int8 [Ti, 5]
+    active: np.ndarray    # uint8 [Ti, ACTIVE_BYTES]
+
+    def as_dict(self) -> dict:
+        return {"context": self.context, "inputs": self.inputs, "active": self.active, "metre": self.metre}
+
+
+def bar_windows(rows: PieceRows) -> list[BarSample]:
+    """One sample per bar (reference 2.8 with ctx_length = inp_length = 1)."""
+    samples = []
+    for b in range(rows.num_bars):
+        inputs, active = rows.bar(b)
+        context = START_ROW[None, :] if rows.chunk_start[b] else rows.bar(b - 1)[0]
+        samples.append(BarSample(b, rows.metres[b], context, inputs, active))
+    return samples
