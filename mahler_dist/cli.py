@@ -23,6 +23,20 @@ def _cmd_describe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_preprocess(args: argparse.Namespace) -> int:
+    from mahler_dist.config import load_config, resolve_config_path
+    from mahler_dist.data.preprocess import preprocess
+
+    data = load_config(resolve_config_path(args.config)).data
+    overrides = {"shard_samples": args.shard_samples, "val_fraction": args.val, "test_fraction": args.test}
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(data, key, value)
+    summary = preprocess(args.root, data, workers=args.workers, force=args.force)
+    print(summary)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mahler",
@@ -35,6 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="a .mid/.midi file")
     p.add_argument("--write-midi", metavar="OUT.mid", help="also write the round-tripped MIDI here")
     p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("preprocess", help="ROOT/input/**.mid -> WebDataset shards, manifest and pieces (Ray Data)")
+    p.add_argument("root", help="the project folder: reads ROOT/input, writes ROOT/shards, ROOT/pieces, ROOT/manifest.jsonl")
+    p.add_argument("--workers", type=int, default=None, help="parallel encoders (default: the cluster's CPUs)")
+    p.add_argument("--force", action="store_true", help="rebuild even if the input and config are unchanged")
+    p.add_argument("--shard-samples", type=int, default=None, help="bar samples per shard")
+    p.add_argument("--val", type=float, default=None, help="fraction of pieces for validation (default 0.05)")
+    p.add_argument("--test", type=float, default=None, help="fraction of pieces for test (default 0.05)")
+    p.add_argument("--config", default=None, help="a YAML config whose `data` section is used")
+    p.set_defaults(func=_cmd_preprocess)
 
     p = sub.add_parser("describe", help="print a configuration's architecture and parameter counts")
     p.add_argument("--config", default=None, help="a YAML file or a preset name (tiny, small, mahlernet)")

@@ -89,13 +89,13 @@ class LossConfig:
     kl_reduction: Literal["sum", "mean"] = "sum"
     """Sum the KL over latent dims ("mean" = compat with the original's 1/z_dim scale)."""
     free_bits: float = 0.0
-    """Free bits per sample (in bits; subtracted as free_bits * ln 2 nats)."""
+    """Free bits per bar (in bits; max(KL - free_bits * ln 2, 0) per bar, before the batch mean)."""
     beta_annealing: bool = False
     """beta(step) = beta_max * (1 - beta_rate ** step) instead of 1."""
     beta_max: float = 0.2
+    """The KL weight that annealing approaches."""
     beta_rate: float = 0.999
-    weight_decay: float = 0.0
-    """L2 on weights (not biases or initial states), the original's `regularization`."""
+    """Per-step decay of the gap to beta_max, in (0, 1)."""
 
 
 @dataclass(kw_only=True)
@@ -103,22 +103,33 @@ class TrainConfig:
     """Optimisation and the training loop."""
 
     epochs: int = 50
+    """Passes over the training split."""
     batch_size: int = 256
     """Bars per global batch (all ranks together)."""
     max_batch_rows: int = 0
     """Token budget: cap on padded event rows per batch (0: no cap beyond batch_size)."""
     optimizer: Literal["rmsprop", "adam"] = "rmsprop"
+    """rmsprop: TF1 semantics as the original (rho 0.9, eps 1e-10 inside the sqrt, accumulator
+    starting at 1); adam: PyTorch's (= TF's) defaults."""
     lr: float = 0.001
+    """Peak learning rate."""
+    weight_decay: float = 0.0
+    """L2 on weight matrices (not biases, BN or initial states): the original's
+    `loss.regularization`, whose reg * ||w||^2 / 2 term equals this coupled weight decay."""
     grad_clip_value: float = 1.0
     """Clip each gradient element to +-value (the original); 0 disables."""
     grad_clip_norm: float = 0.0
-    """Clip the global gradient norm; 0 disables."""
+    """Clip the global gradient norm (after value clipping); 0 disables."""
     lr_schedule: Literal["constant", "cosine"] = "constant"
+    """constant (the original), or cosine decay to 0 over the run after the warmup."""
     warmup_steps: int = 0
+    """Linear learning-rate warmup from 0 over this many steps."""
     seed: int = 12345
+    """Seeds torch, numpy and the data order (the original's fixed seed)."""
     keep_checkpoints: int = 3
     """Best checkpoints kept by validation loss (the latest is always kept too)."""
     log_every_steps: int = 20
+    """Steps between metric reports."""
     shuffle_window: int = 4096
     """Samples sorted by length together when bucketing batches."""
 
@@ -232,22 +243,33 @@ def config_from_dict(data: dict[str, Any] | None, source: str = "<config>") -> C
 
 
 def _semantic_errors(c: Config) -> list[str]:
+    m, lo, t = c.model, c.loss, c.train
     errors = []
-    positive = {"model.enc_layers": c.model.enc_layers, "model.enc_size": c.model.enc_size,
-                "model.z_dim": c.model.z_dim, "model.dec_layers": c.model.dec_layers,
-                "model.dec_size": c.model.dec_size, "train.batch_size": c.train.batch_size,
-                "train.epochs": c.train.epochs, "data.shard_samples": c.data.shard_samples,
-                "train.lr": c.train.lr, "data.max_rows_per_bar": c.data.max_rows_per_bar}
+    positive = {"model.enc_layers": m.enc_layers, "model.enc_size": m.enc_size,
+                "model.z_dim": m.z_dim, "model.dec_layers": m.dec_layers,
+                "model.dec_size": m.dec_size, "model.init_std": m.init_std,
+                "train.batch_size": t.batch_size, "train.epochs": t.epochs, "train.lr": t.lr,
+                "train.log_every_steps": t.log_every_steps, "train.shuffle_window": t.shuffle_window,
+                "data.shard_samples": c.data.shard_samples,
+                "data.max_rows_per_bar": c.data.max_rows_per_bar}
     errors += [f"{k}: must be > 0, got {v}" for k, v in positive.items() if v <= 0]
+    non_negative = {"model.leaky_relu_slope": m.leaky_relu_slope, "loss.free_bits": lo.free_bits,
+                    "loss.beta_max": lo.beta_max, "train.weight_decay": t.weight_decay,
+                    "train.grad_clip_value": t.grad_clip_value,
+                    "train.grad_clip_norm": t.grad_clip_norm, "train.warmup_steps": t.warmup_steps,
+                    "train.max_batch_rows": t.max_batch_rows,
+                    "train.keep_checkpoints": t.keep_checkpoints}
+    errors += [f"{k}: must be >= 0, got {v}" for k, v in non_negative.items() if v < 0]
     for k in ("enc_dropout", "vae_dropout", "dec_dropout"):
-        if not 0.0 <= getattr(c.model, k) < 1.0:
-            errors.append(f"model.{k}: must be in [0, 1), got {getattr(c.model, k)}")
+        if not 0.0 <= getattr(m, k) < 1.0:
+            errors.append(f"model.{k}: must be in [0, 1), got {getattr(m, k)}")
+    if lo.beta_annealing and not 0.0 < lo.beta_rate < 1.0:
+        errors.append(f"loss.beta_rate: must be in (0, 1) with beta_annealing, got {lo.beta_rate}")
     if not 0 <= c.data.val_fraction + c.data.test_fraction < 1:
         errors.append("data.val_fraction + data.test_fraction must be in [0, 1)")
-    if not c.model.use_vae and not c.model.use_context and c.model.learned_prior:
-        errors.append("model.learned_prior needs model.use_context")
-    if c.model.learned_prior and not c.model.use_context:
-        errors.append("model.learned_prior: a prior conditioned on the context needs model.use_context: true")
+    if m.learned_prior and not (m.use_vae and m.use_context):
+        errors.append("model.learned_prior: a prior conditioned on the context needs "
+                      "model.use_vae: true and model.use_context: true")
     for k in ("offset", "duration", "pitch", "instrument"):
         if getattr(c.generate, f"{k}_temperature") < 0:
             errors.append(f"generate.{k}_temperature: must be >= 0 (0 = argmax)")

@@ -30,6 +30,12 @@ def inspect_report(encoded: EncodedPiece) -> str:
         f"notes       {kept} of {source} source notes kept ({100 * kept / max(source, 1):.1f}%)"
         f", written as {stats['note parts']} note parts (long notes become tied parts)",
     ]
+    err = piece.quantisation_error
+    if len(err):
+        lines.append(f"timing      onset shift median {np.median(err[:, 0]):.3f} / p95 {np.percentile(err[:, 0], 95):.3f} beats; "
+                     f"duration change median {np.median(err[:, 1]):.3f} / p95 {np.percentile(err[:, 1], 95):.3f} beats")
+    if stats["merged: unison doubling"]:
+        lines.append(f"merged      {stats['merged: unison doubling']} unison doublings (same onset, pitch and instrument class)")
     dropped = {k[len("dropped: "):]: v for k, v in stats.items() if k.startswith("dropped: ") and v}
     if dropped:
         lines.append("dropped     " + "; ".join(f"{k}: {v}" for k, v in sorted(dropped.items(), key=lambda kv: -kv[1])))

@@ -51,13 +51,18 @@ def _pad(arrays: Sequence[np.ndarray], fill: int, dtype: np.dtype) -> np.ndarray
     return out
 
 
-def collate_bars(samples: Sequence[Mapping[str, Any]]) -> Batch:
-    """Pad a list of bar samples into a Batch (CPU tensors; move them with `to_device`)."""
+def _field(sample: Any, name: str) -> np.ndarray:
+    return np.asarray(sample[name] if isinstance(sample, Mapping) else getattr(sample, name))
+
+
+def collate_bars(samples: Sequence[Any]) -> Batch:
+    """Pad a list of bar samples (dicts, or objects with those attributes such as
+    `music.rows.BarSample`) into a Batch of CPU tensors; move it with `to_device`."""
     if not samples:
         raise ValueError("collate_bars needs at least one sample")
-    ctx = [np.asarray(s["context"]) for s in samples]
-    inp = [np.asarray(s["inputs"]) for s in samples]
-    act = [np.asarray(s["active"]) for s in samples]
+    ctx = [_field(s, "context") for s in samples]
+    inp = [_field(s, "inputs") for s in samples]
+    act = [_field(s, "active") for s in samples]
     for i, (c, x, a) in enumerate(zip(ctx, inp, act)):
         if len(c) < 1 or len(x) < 1 or len(a) != len(x):
             raise ValueError(f"sample {i}: needs >= 1 context row, >= 1 input row and one "

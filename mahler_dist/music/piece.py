@@ -37,6 +37,8 @@ class Piece:
     bars: list[Bar]
     notes: np.ndarray
     stats: Counter = field(default_factory=Counter)
+    #: per quantised source note: |onset shift| and |duration change| in beats (float [M, 2])
+    quantisation_error: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
 
     def __post_init__(self) -> None:
         self.notes = np.asarray(self.notes, dtype=np.int64).reshape(-1, 5)

@@ -14,7 +14,8 @@ sections 2.2-2.6). Its steps are separate functions so that those heuristics can
                     silence (whole bars) and ended at the first bar line after the last note.
 
 Lossy, and counted in Piece.stats: unmapped instruments (GM 112-127), drums, notes in
-unsupported metres, duplicate notes; pitches outside MIDI 18..112 are folded by octaves.
+unsupported metres ("dropped: ..."); unison doublings on one instrument class ("merged: ...");
+pitches outside MIDI 18..112 are folded by octaves.
 """
 
 from __future__ import annotations
@@ -157,20 +158,23 @@ def _longest_duration(metre: Metre) -> int:
     return int(CLASS_TICKS[np.flatnonzero(duration_mask(metre))[-1]])
 
 
-def _quantise_range(notes: np.ndarray, rng: MetreRange) -> tuple[np.ndarray, int]:
-    """Notes of one supported range -> (int64 [M, 5] local-bar piece notes, number of bars)."""
+def _quantise_range(notes: np.ndarray, rng: MetreRange) -> tuple[np.ndarray, int, np.ndarray]:
+    """Notes of one supported range -> (int64 [M, 5] local-bar piece notes, number of bars,
+    float [K, 2] |onset shift| and |duration change| in beats per source note)."""
     metre = rng.metre
     scale = float(metre.tick_scale)
     span = (rng.end - rng.start) / scale
     n_bars = max(1, int(np.ceil(span / metre.bar_ticks - 1e-9)))
     if len(notes) == 0:
-        return np.zeros((0, 5), np.int64), n_bars
-    onsets = snap_onsets((notes[:, START] - rng.start) / scale, metre)
+        return np.zeros((0, 5), np.int64), n_bars, np.zeros((0, 2))
+    exact = (notes[:, START] - rng.start) / scale
+    onsets = snap_onsets(exact, metre)
     order = np.argsort(onsets, kind="stable")
-    notes, onsets = notes[order], make_gaps_representable(onsets[order], metre)
-    lengths = (notes[:, END] - notes[:, START]) / scale
+    notes, exact, onsets = notes[order], exact[order], make_gaps_representable(onsets[order], metre)
+    source_lengths = (notes[:, END] - notes[:, START]) / scale
     # the snapped onset moves the note; keep its end where it was, as far as the grid allows
-    lengths = np.maximum(lengths + ((notes[:, START] - rng.start) / scale - onsets), 1.0)
+    lengths = np.maximum(source_lengths + (exact - onsets), 1.0)
+    quantised_lengths = np.zeros(len(notes))
     longest = _longest_duration(metre)
     bar = metre.bar_ticks
     n_bars = max(n_bars, int(onsets.max() // bar) + 1)
@@ -179,12 +183,15 @@ def _quantise_range(notes: np.ndarray, rng: MetreRange) -> tuple[np.ndarray, int
     if simple.any():
         pos = onsets[simple]
         cls = choose_durations(pos % bar, lengths[simple], metre)
+        quantised_lengths[simple] = CLASS_TICKS[cls]
         rows.append(np.stack([pos // bar, pos % bar, cls, notes[simple, PITCH], notes[simple, PROGRAM]], 1))
     for k in np.flatnonzero(~simple):
         parts = _tied_parts(int(onsets[k]), float(lengths[k]), metre, n_bars * bar)
+        quantised_lengths[k] = sum(int(CLASS_TICKS[c]) for _, c in parts)
         for pos, cls in parts:
             rows.append(np.array([[pos // bar, pos % bar, cls, notes[k, PITCH], notes[k, PROGRAM]]]))
-    return np.concatenate(rows).astype(np.int64), n_bars
+    errors = np.stack([np.abs(onsets - exact), np.abs(quantised_lengths - source_lengths)], 1) / 480
+    return np.concatenate(rows).astype(np.int64), n_bars, errors
 
 
 def _tied_parts(onset: int, length: float, metre: Metre, limit: int) -> list[tuple[int, int]]:
@@ -217,6 +224,7 @@ def quantize(score: Score, name: str) -> Piece:
     piece_notes: list[np.ndarray] = []
     chunk: list[tuple[np.ndarray, int, Metre]] = []
     unsupported = Counter()
+    errors: list[np.ndarray] = []
 
     def close_chunk() -> None:
         _assemble_chunk(chunk, bars, piece_notes)
@@ -228,7 +236,8 @@ def quantize(score: Score, name: str) -> Piece:
             unsupported[rng.label] += int(inside.sum())
             close_chunk()
             continue
-        local, n_bars = _quantise_range(notes[inside], rng)
+        local, n_bars, range_errors = _quantise_range(notes[inside], rng)
+        errors.append(range_errors)
         chunk.append((local, n_bars, rng.metre))
     close_chunk()
     for label, count in unsupported.items():
@@ -240,16 +249,18 @@ def quantize(score: Score, name: str) -> Piece:
         key = all_notes[:, [P.BAR, P.POS, P.PITCH, P.INSTR]]
         first = np.ones(len(all_notes), dtype=bool)
         first[1:] = np.any(key[1:] != key[:-1], axis=1)
-        stats["dropped: duplicate note"] += int((~first).sum())
+        # unison doublings (two parts on one instrument class and pitch at one onset) are one row:
+        # the sound is kept, so they are counted as merged, not dropped
+        stats["merged: unison doubling"] += int((~first).sum())
         all_notes = all_notes[first]   # sorted so that the first of equals is arbitrary but fixed
     parts = len(all_notes)
     stats["note parts"] = parts
-    kept_sources = score.source_notes - sum(v for k, v in stats.items() if k.startswith("dropped: "))
-    stats["kept notes"] = max(kept_sources, 0)
+    dropped = sum(v for k, v in stats.items() if k.startswith("dropped: "))
+    stats["kept notes"] = max(score.source_notes - dropped - stats["merged: unison doubling"], 0)
     if not parts:
         reasons = ", ".join(f"{k[9:]} {v}" for k, v in stats.items() if k.startswith("dropped: ") and v)
         raise MidiReadError(name, f"no notes left after quantisation ({reasons or 'nothing to keep'})")
-    return Piece(name, bars, all_notes, stats)
+    return Piece(name, bars, all_notes, stats, np.concatenate(errors) if errors else np.zeros((0, 2)))
 
 
 def _assemble_chunk(chunk: list[tuple[np.ndarray, int, Metre]], bars: list[Bar], out: list[np.ndarray]) -> None:

@@ -201,12 +201,13 @@ class Metre:
 def normalise_metre(numerator: int, denominator: int) -> Metre:
     """Map a MIDI time signature to a supported Metre, or raise UnsupportedMetre.
 
-    Denominators 2, 4 and 8 are accepted. The numerator is reduced to 12, 9, 6, 4 or 2 when it is
+    Denominators 2, 4, 8 and 16 are accepted (16 is our addition: 6/16 and 3/16 are common in
+    orchestral files, and every class is still a whole number of ticks there). The numerator is reduced to 12, 9, 6, 4 or 2 when it is
     a multiple of one (in that order; so 8/8 becomes 4/8); 3 stays 3; any other odd numerator
     (5/4, 7/8, 1/4, ...) is unsupported, as in the original.
     """
-    if denominator not in (2, 4, 8):
-        raise UnsupportedMetre(numerator, denominator, "the denominator must be 2, 4 or 8")
+    if denominator not in (2, 4, 8, 16):
+        raise UnsupportedMetre(numerator, denominator, "the denominator must be 2, 4, 8 or 16")
     if numerator <= 0:
         raise UnsupportedMetre(numerator, denominator, "the numerator must be positive")
     for base in (12, 9, 6, 4, 2):

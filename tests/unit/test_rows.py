@@ -15,7 +15,12 @@ from mahler_dist.music.timing import CLASS_TICKS, TIME_CLASSES, allowed_classes,
 from mahler_dist.music.vocab import BEAT, DURATION, INSTRUMENT, OFFSET, PITCH, START_ROW, unpack_active
 from mahler_dist.music.midi_io import write_midi
 
-METRES = [(4, 4), (3, 4), (2, 4), (6, 8), (9, 8), (12, 8), (2, 2), (3, 8)]
+METRES = [(4, 4), (3, 4), (2, 4), (6, 8), (9, 8), (12, 8), (2, 2), (3, 8), (6, 16), (3, 16)]
+
+
+def _on_grid(pos, metre):
+    """The quantiser's grid: 1/8 or 1/6 beat (1/6 only in compound metres)."""
+    return pos % 80 == 0 if metre.compound else pos % 60 == 0 or pos % 80 == 0
 
 
 @st.composite
@@ -42,7 +47,10 @@ def grid_pieces(draw):
                               draw(st.sampled_from([0, 4, 6, 20]))))
             if draw(st.booleans()):
                 break
-            pos += int(CLASS_TICKS[draw(st.sampled_from(gaps))])
+            on_grid = [g for g in gaps if _on_grid(pos + int(CLASS_TICKS[g]), metre)]
+            if not on_grid:
+                break
+            pos += int(CLASS_TICKS[draw(st.sampled_from(on_grid))])
     piece = Piece("grid", bars, sort_piece_notes(np.array(notes, dtype=np.int64)))
     # drop notes that overlap an earlier note of the same pitch and instrument (MIDI cannot hold both)
     starts, ends = piece.absolute_times()
