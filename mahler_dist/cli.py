@@ -37,6 +37,15 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from mahler_dist.train.launch import train
+
+    summary = train(args.name, args.root, args.config, workers=args.workers, gpus=args.gpus,
+                    epochs=args.epochs, restart=args.restart, yes=args.yes, max_failures=args.max_failures)
+    print(summary)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mahler",
@@ -59,6 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", type=float, default=None, help="fraction of pieces for test (default 0.05)")
     p.add_argument("--config", default=None, help="a YAML config whose `data` section is used")
     p.set_defaults(func=_cmd_preprocess)
+
+    p = sub.add_parser("train", help="train the C-VAE with Ray Train (re-run the same command to resume)")
+    p.add_argument("name", help="run name: ROOT/runs/NAME holds its config, checkpoints and metrics")
+    p.add_argument("--root", required=True, help="the project folder (with shards from `mahler preprocess`)")
+    p.add_argument("--config", default=None, help="YAML file or preset (tiny, small, mahlernet); new runs only")
+    p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP ranks)")
+    p.add_argument("--gpus", action="store_true", help="one GPU per worker, NCCL, bf16 autocast")
+    p.add_argument("--epochs", type=int, default=None, help="train until this many epochs in total")
+    p.add_argument("--restart", action="store_true", help="delete the run and start over")
+    p.add_argument("--yes", action="store_true", help="do not ask before --restart deletes the run")
+    p.add_argument("--max-failures", type=int, default=3, help="worker restarts from the latest checkpoint")
+    p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("describe", help="print a configuration's architecture and parameter counts")
     p.add_argument("--config", default=None, help="a YAML file or a preset name (tiny, small, mahlernet)")

@@ -1,0 +1,48 @@
+"""What a training checkpoint holds, and how it is written and read back (no pickle).
+
+One file, `state.pt`, with fixed keys (STYLE.md item 3): model, optimizer, scheduler, train
+state (epoch, step, best validation loss), loader position, RNG states, the resolved config and
+the data format version. It is loaded with `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CHECKPOINT_FILE = "state.pt"
+CHECKPOINT_VERSION = 1
+DATA_FORMAT_VERSION = 1
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(tuple(state["python"][:1]) + (tuple(state["python"][1]),) + tuple(state["python"][2:]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(directory: str | Path, **parts: Any) -> Path:
+    path = Path(directory) / CHECKPOINT_FILE
+    torch.save({"checkpoint_version": CHECKPOINT_VERSION, "data_format_version": DATA_FORMAT_VERSION,
+                **parts}, path)
+    return path
+
+
+def load_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(directory) / CHECKPOINT_FILE
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    if state.get("data_format_version") != DATA_FORMAT_VERSION:
+        raise ValueError(f"{path}: checkpoint for data format {state.get('data_format_version')}, "
+                         f"this code reads format {DATA_FORMAT_VERSION}")
+    return state

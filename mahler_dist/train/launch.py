@@ -1,0 +1,186 @@
+"""Start, resume and stop a training run: `mahler train NAME --root ROOT --config CONFIG`.
+
+The run NAME is the Ray Train run name under ROOT/runs, so running the same command again
+resumes from the latest checkpoint (Ray Train V2 finds the run's snapshot there); `restart`
+deletes the run first. `FailureConfig` restarts dead workers from the latest checkpoint.
+Ctrl-C once: the workers finish the epoch, checkpoint and stop; twice: stop now.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from mahler_dist.config import Config, load_config, resolve_config_path, save_config
+from mahler_dist.errors import ConfigError, MahlerError
+from mahler_dist.train.loop import STOP_ACTOR_NAMESPACE, train_loop_per_worker
+from mahler_dist.train.tracking import TrackingCallback
+
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+def check_run_name(name: str) -> str:
+    """Run names become folder names: letters, digits, '_', '-', '.' only (never a path)."""
+    if not RUN_NAME.match(name) or ".." in name:
+        raise MahlerError(f"invalid run name {name!r}: use letters, digits, '_', '-' and '.' "
+                          "(at most 100 characters, not starting with a dot)")
+    return name
+
+
+def split_urls(root: Path, split: str) -> list[str]:
+    """The shard files of a split, from ROOT/shards/index.json (written by `mahler preprocess`)."""
+    index_path = root / "shards" / "index.json"
+    if not index_path.exists():
+        raise MahlerError(f"no training data: {index_path} is missing; run `mahler preprocess {root}` first")
+    index = json.loads(index_path.read_text())
+    return [str(root / "shards" / s["url"]) for s in index["shardlist"]
+            if s.get("split") == split and s.get("nsamples", 1) > 0]
+
+
+@ray.remote(num_cpus=0)
+class StopFlag:
+    """Set by the driver on the first Ctrl-C; read by rank 0 at the end of every epoch."""
+
+    def __init__(self):
+        self.flag = False
+
+    def set(self) -> None:
+        self.flag = True
+
+    def is_set(self) -> bool:
+        return self.flag
+
+
+@dataclass
+class TrainSummary:
+    name: str
+    run_dir: Path
+    epochs_done: int
+    stopped_early: bool
+    best_checkpoint: str | None
+    metrics: dict
+    seconds: float
+
+    def __str__(self) -> str:
+        how = "stopped after" if self.stopped_early else "finished"
+        val = self.metrics.get("val_loss", self.metrics.get("val_score"))
+        lines = [f"run {self.name}: {how} epoch {self.epochs_done} in {self.seconds:.0f} s",
+                 f"  train loss {self.metrics.get('train_loss', float('nan')):.4f}"
+                 + (f", validation loss {val:.4f}" if val is not None else ""),
+                 f"  best checkpoint: {self.best_checkpoint}",
+                 f"  metrics: {self.run_dir / 'metrics.jsonl'}"]
+        if self.stopped_early:
+            lines.append("  run the same command again to continue from the last checkpoint")
+        return "\n".join(lines)
+
+
+def resolve_run_config(run_dir: Path, config_arg: str | None, epochs: int | None) -> Config:
+    """A new run takes --config; a resumed run keeps its saved config (the checkpoint's model must
+    match it), with only --epochs applied on top."""
+    saved = run_dir / "config.yaml"
+    if saved.exists():
+        config = load_config(saved)
+        if config_arg is not None:
+            wanted = load_config(resolve_config_path(config_arg))
+            wanted.train.epochs = config.train.epochs
+            if wanted.to_dict() != config.to_dict():
+                print(f"note: resuming {run_dir.name} with its saved config ({saved}); "
+                      "--config differs and is ignored (use --restart to start over with it)")
+    else:
+        config = load_config(resolve_config_path(config_arg))
+    if epochs is not None:
+        if epochs <= 0:
+            raise ConfigError(f"--epochs must be > 0, got {epochs}")
+        config.train.epochs = epochs
+    return config
+
+
+def train(name: str, root: str | Path, config: str | None = None, *, workers: int = 1, gpus: bool = False,
+          epochs: int | None = None, restart: bool = False, yes: bool = False, max_failures: int = 3,
+          inject_failure: dict | None = None) -> TrainSummary:
+    check_run_name(name)
+    root = Path(root).resolve()
+    run_dir = root / "runs" / name
+    if restart and run_dir.exists():
+        if not yes and not _confirm(f"delete run {run_dir} and start over?"):
+            raise MahlerError("restart cancelled")
+        shutil.rmtree(run_dir)
+    train_urls, val_urls = split_urls(root, "train"), split_urls(root, "val")
+    if not train_urls:
+        raise MahlerError(f"{root / 'shards'} has no training shards")
+    cfg = resolve_run_config(run_dir, config, epochs)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(configure_logging=False, log_to_driver=True)
+    stop_name = f"stop-{name}-{time.time_ns()}"
+    stop_flag = StopFlag.options(name=stop_name, namespace=STOP_ACTOR_NAMESPACE).remote()
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": cfg.to_dict(), "train_urls": train_urls, "val_urls": val_urls,
+                           "stop_actor": stop_name, "inject_failure": inject_failure},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus, resources_per_worker={"CPU": 1}),
+        run_config=RunConfig(
+            name=name, storage_path=str(root / "runs"),
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints,
+                                               checkpoint_score_attribute="val_score",
+                                               checkpoint_score_order="min"),
+            callbacks=[TrackingCallback(str(run_dir), name, cfg.to_dict())],
+        ),
+    )
+    t0 = time.time()
+    try:
+        with _stop_on_first_interrupt(stop_flag):
+            result = trainer.fit()
+    finally:
+        ray.kill(stop_flag)
+        if started_ray:
+            ray.shutdown()
+    metrics = dict(result.metrics or {})
+    best = result.get_best_checkpoint("val_score", "min") if result.best_checkpoints else result.checkpoint
+    return TrainSummary(name, run_dir, int(metrics.get("epoch", 0)), bool(metrics.get("stopped")),
+                        best.path if best else None, metrics, time.time() - t0)
+
+
+class _stop_on_first_interrupt:
+    """First SIGINT: ask the workers to stop after this epoch. Second: KeyboardInterrupt."""
+
+    def __init__(self, stop_flag):
+        self.stop_flag = stop_flag
+        self.presses = 0
+
+    def _handler(self, signum, frame):
+        self.presses += 1
+        if self.presses == 1:
+            self.stop_flag.set.remote()
+            print("\nmahler train: finishing this epoch, then checkpoint and stop "
+                  "(press Ctrl-C again to stop now)", file=sys.stderr, flush=True)
+        else:
+            raise KeyboardInterrupt
+
+    def __enter__(self):
+        self.previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self.previous)
+        return False
+
+
+def _confirm(question: str) -> bool:
+    if not sys.stdin.isatty():
+        return False
+    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")

@@ -1,0 +1,111 @@
+"""Where training metrics go: ROOT/runs/NAME/metrics.jsonl always, and exactly one W&B run.
+
+The single writer is a Ray Train `UserCallback`, which runs in the train *controller*, not in
+the workers. Workers (all ranks, as Ray Train requires) `report` rank-0-consistent metrics; the
+callback appends them to metrics.jsonl and logs them to W&B. Because the controller outlives
+worker restarts, a run that loses a worker keeps one W&B run (a worker-side `wandb.init` on
+rank 0 would start a second one after every restart - in offline mode, a second directory).
+The W&B id is derived from the run name and `resume="allow"`, so re-running the job continues
+the same run online. Offline unless the user has W&B credentials (WANDB_API_KEY or a netrc).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ray.train import UserCallback
+
+
+def wandb_run_id(name: str) -> str:
+    """A stable W&B run id for a run name (W&B ids allow letters, digits, - and _)."""
+    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:40]
+    return f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+def wandb_mode() -> str:
+    """The user's WANDB_MODE if set; online when credentials exist; else offline."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    has_netrc = (Path.home() / ".netrc").exists() and "api.wandb.ai" in (Path.home() / ".netrc").read_text()
+    return "online" if os.environ.get("WANDB_API_KEY") or has_netrc else "offline"
+
+
+class MetricsWriter:
+    """Append-only JSON lines; each row has `kind` (step | epoch), `step`, `epoch`, `time`."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, row: dict[str, Any]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps({**row, "time": time.time()}, sort_keys=True) + "\n")
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a metrics.jsonl; after a restart, a step logged twice keeps its last row."""
+    rows: dict[tuple[str, int], dict] = {}
+    path = Path(path)
+    if not path.exists():
+        return []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            rows[(row.get("kind", "step"), int(row.get("step", 0)))] = row
+    return sorted(rows.values(), key=lambda r: (r.get("step", 0), r.get("kind") == "epoch"))
+
+
+class TrackingCallback(UserCallback):
+    """Runs on the Ray Train controller: metrics.jsonl + one W&B run for the whole training run."""
+
+    def __init__(self, run_dir: str, name: str, config: dict, project: str = "mahler-dist"):
+        self.run_dir = run_dir
+        self.name = name
+        self.config = config
+        self.project = project
+        self._writer: MetricsWriter | None = None
+        self._wandb_run = None
+
+    def _ensure_started(self) -> None:
+        if self._writer is not None:
+            return
+        self._writer = MetricsWriter(Path(self.run_dir) / "metrics.jsonl")
+        mode = wandb_mode()
+        if mode == "disabled":
+            return
+        import wandb
+
+        self._wandb_run = wandb.init(
+            project=self.project, name=self.name, id=wandb_run_id(self.name), resume="allow",
+            dir=self.run_dir, config=self.config, mode=mode, reinit="finish_previous",
+        )
+
+    def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
+        row = dict(metrics[0]) if metrics else {}
+        if not row.get("kind"):
+            return
+        self._ensure_started()
+        self._writer.write(row)
+        if self._wandb_run is not None:
+            prefix = "epoch/" if row["kind"] == "epoch" else "train/"
+            logged = {f"{prefix}{k}": v for k, v in row.items()
+                      if isinstance(v, (int, float)) and k not in ("step",)}
+            image = row.get("piano_roll")
+            if image and Path(image).exists():
+                import wandb
+
+                logged["generated/piano_roll"] = wandb.Image(image)
+            self._wandb_run.log(logged, step=int(row["step"]))
+            if row["kind"] == "epoch" and row.get("final"):
+                self._wandb_run.finish()
+                self._wandb_run = None
+
+    def after_exception(self, run_context, worker_exceptions) -> None:
+        self._ensure_started()
+        for rank, error in worker_exceptions.items():
+            self._writer.write({"kind": "error", "step": -1, "rank": rank, "error": repr(error)[:500]})
