@@ -154,8 +154,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         torch.manual_seed(tc.seed * 1_000_003 + epoch * 1009 + rank)
         window = MetricWindow()
         epoch_window = MetricWindow()
+        seen_keys: list[str] = []
         for batch_index, batch in enumerate(train_loader):
             _maybe_fail(loop_config.get("inject_failure"), epoch, batch_index)
+            seen_keys += batch["keys"]
             batch = to_device(batch, device)
             with autocast():
                 out = model(batch)
@@ -174,6 +176,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 ray.train.report({"kind": "step", "step": step, "epoch": epoch, **window.reduce(device)})
                 window = MetricWindow()
 
+        if loop_config.get("record_keys_dir"):   # test hook: which bars each rank trained on
+            Path(loop_config["record_keys_dir"], f"epoch{epoch}_rank{rank}.txt").write_text("\n".join(seen_keys))
         train_metrics = epoch_window.reduce(device)
         val_metrics = validate(model, val_loader, config, step, device, autocast)
         score = val_metrics.get("val_loss", train_metrics["loss"])
