@@ -25,7 +25,7 @@ from mahler_dist.model.batch import count_events, to_device
 from mahler_dist.model.cvae import MahlerNet
 from mahler_dist.model.loss import compute_loss
 from mahler_dist.model.optim import build_optimizer, clip_gradients
-from mahler_dist.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from mahler_dist.model.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 STOP_ACTOR_NAMESPACE = "mahler-dist"
 
@@ -192,7 +192,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 save_checkpoint(tmp, model=raw_model.state_dict(), optimizer=optimizer.state_dict(),
                                 scheduler=scheduler.state_dict(), loader=train_loader.state_dict(),
                                 rng=rng_state(), epoch=epoch + 1, step=step, best_val=best_val,
-                                config=config.to_dict())
+                                config=config.to_dict(),
+                                metrics={k: v for k, v in row.items() if isinstance(v, (int, float, bool))})
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(row, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_epoch{epoch + 1:04d}")
         if stop:

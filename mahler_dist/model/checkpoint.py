@@ -32,7 +32,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(directory: str | Path, **parts: Any) -> Path:
+METRICS_FILE = "metrics.json"
+
+
+def save_checkpoint(directory: str | Path, metrics: dict[str, Any] | None = None, **parts: Any) -> Path:
+    """Write state.pt (and metrics.json, so tools without Ray can pick the best checkpoint)."""
+    import json
+
+    if metrics is not None:
+        (Path(directory) / METRICS_FILE).write_text(json.dumps(metrics, sort_keys=True))
     path = Path(directory) / CHECKPOINT_FILE
     torch.save({"checkpoint_version": CHECKPOINT_VERSION, "data_format_version": DATA_FORMAT_VERSION,
                 **parts}, path)
