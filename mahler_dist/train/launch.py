@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,8 +147,7 @@ def train(name: str, root: str | Path, config: str | None = None, *, workers: in
     )
     t0 = time.time()
     try:
-        with _stop_on_first_interrupt(stop_flag):
-            result = trainer.fit()
+        result = _fit_with_graceful_stop(trainer, stop_flag)
     finally:
         ray.kill(stop_flag)
         if started_ray:
@@ -156,6 +156,28 @@ def train(name: str, root: str | Path, config: str | None = None, *, workers: in
     best = result.get_best_checkpoint("val_score", "min") if result.best_checkpoints else result.checkpoint
     return TrainSummary(name, run_dir, int(metrics.get("epoch", 0)), bool(metrics.get("stopped")),
                         best.path if best else None, metrics, time.time() - t0)
+
+
+def _fit_with_graceful_stop(trainer: TorchTrainer, stop_flag):
+    """Run `trainer.fit()` in a helper thread so that this (main) thread keeps the SIGINT
+    handler: Ray Train installs its own abort-on-Ctrl-C handler when fit runs on the main
+    thread, which would skip the checkpoint of the current epoch."""
+    box: dict = {}
+
+    def fit() -> None:
+        try:
+            box["result"] = trainer.fit()
+        except BaseException as e:  # handed to the main thread below
+            box["error"] = e
+
+    thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
+    with _stop_on_first_interrupt(stop_flag):
+        thread.start()
+        while thread.is_alive():
+            thread.join(0.5)
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
 
 
 class _stop_on_first_interrupt:

@@ -7,6 +7,7 @@ equally often (it is a barrier in Train V2); only rank 0 hands over a checkpoint
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -177,7 +178,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 window = MetricWindow()
 
         if loop_config.get("record_keys_dir"):   # test hook: which bars each rank trained on
-            Path(loop_config["record_keys_dir"], f"epoch{epoch}_rank{rank}.txt").write_text("\n".join(seen_keys))
+            Path(loop_config["record_keys_dir"], f"epoch{epoch}_rank{rank}.json").write_text(
+                json.dumps({"batches": len(train_loader), "keys": seen_keys}))
         train_metrics = epoch_window.reduce(device)
         val_metrics = validate(model, val_loader, config, step, device, autocast)
         score = val_metrics.get("val_loss", train_metrics["loss"])
