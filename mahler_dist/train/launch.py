@@ -108,7 +108,8 @@ def resolve_run_config(run_dir: Path, config_arg: str | None, epochs: int | None
 
 def train(name: str, root: str | Path, config: str | None = None, *, workers: int = 1, gpus: bool = False,
           epochs: int | None = None, restart: bool = False, yes: bool = False, max_failures: int = 3,
-          inject_failure: dict | None = None, record_keys_dir: str | None = None) -> TrainSummary:
+          placement: str = "PACK", inject_failure: dict | None = None,
+          record_keys_dir: str | None = None) -> TrainSummary:
     """Train or resume run NAME. `inject_failure` ({"epoch", "batch", "marker"}) and
     `record_keys_dir` are test hooks: fail once on rank 0; write the bar keys each rank saw."""
     check_run_name(name)
@@ -135,7 +136,8 @@ def train(name: str, root: str | Path, config: str | None = None, *, workers: in
         train_loop_config={"config": cfg.to_dict(), "train_urls": train_urls, "val_urls": val_urls,
                            "stop_actor": stop_name, "inject_failure": inject_failure,
                            "record_keys_dir": record_keys_dir},
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus, resources_per_worker={"CPU": 1}),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus, resources_per_worker={"CPU": 1},
+                                     placement_strategy=placement),
         run_config=RunConfig(
             name=name, storage_path=str(root / "runs"),
             failure_config=FailureConfig(max_failures=max_failures),

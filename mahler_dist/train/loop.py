@@ -179,7 +179,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
         if loop_config.get("record_keys_dir"):   # test hook: which bars each rank trained on
             Path(loop_config["record_keys_dir"], f"epoch{epoch}_rank{rank}.json").write_text(
-                json.dumps({"batches": len(train_loader), "keys": seen_keys}))
+                json.dumps({"batches": len(train_loader), "keys": seen_keys, "node": ray.get_runtime_context().get_node_id()}))
         train_metrics = epoch_window.reduce(device)
         val_metrics = validate(model, val_loader, config, step, device, autocast)
         score = val_metrics.get("val_loss", train_metrics["loss"])

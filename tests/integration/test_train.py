@@ -144,3 +144,19 @@ def test_second_ctrl_c_stops_at_once(data_root):
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out
     assert not any(e.get("stopped") for e in _epochs(run_dir))
+
+
+def test_training_on_a_simulated_two_node_cluster(data_root, tmp_path):
+    keys_dir = tmp_path / "keys"
+    keys_dir.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("two_node_train.py")),
+                           str(data_root), str(keys_dir)], env={**env, "WANDB_MODE": "offline"},
+                          capture_output=True, text=True, timeout=420)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {"epochs_done": 1, "nodes": 2}
+    ranks = [json.loads((keys_dir / f"epoch0_rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["node"] != ranks[1]["node"]                 # one worker per node
+    seen = ranks[0]["keys"] + ranks[1]["keys"]
+    assert len(seen) == len(set(seen)) and set(seen) == _train_keys(data_root)
