@@ -1,0 +1,248 @@
+"""The Ray preprocessing pipeline vs the same encode function in a plain single-process loop.
+
+    .venv/bin/python bench/preprocess.py [--cpus 2] [--corpora piano_midi_de classical_multitrack]
+
+Measured in one run, on copies of the corpora in a temporary ROOT/input:
+1. the machine: how much faster N busy processes finish N units of pure-Python work than one does
+   (2.0 on two free cores; less when the cores are shared or busy - read the ratios against it);
+2. the single-process loop: `encode_bytes` over every file (bytes already in memory), in a child
+   process, with its peak RSS;
+3. Ray on `--cpus` logical CPUs: ray.init, a 5-file corpus cold (new worker processes) and warm
+   (the fixed overhead of the pipeline = its wall time minus the loop's time for those files),
+   then `preprocess` on the whole corpus (warm workers), sampling the RSS of the driver and of
+   every Ray process;
+4. the output: shard bytes per event row (tar), pieces/*.npz bytes per row, what gzip would make
+   of the shards.
+For scale, the original MahlerNet preprocessor: ~15k input notes/s on one core, 1.5 GiB to bin
+classical_multitrack, ~1,100 bytes per event row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import zlib
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "midi"
+
+
+# --------------------------------------------------------------------------------------------------
+# Children (spawned: a fresh interpreter each, so that their memory is theirs alone)
+
+
+def _busy(n: int) -> float:
+    t = time.perf_counter()
+    x = 0
+    for i in range(n):
+        x += i
+    return time.perf_counter() - t
+
+
+def _loop(paths: list[str]) -> dict:
+    """The single-process baseline: encode_bytes over every file, bytes read first."""
+    from mahler_dist.errors import MidiReadError
+    from mahler_dist.music.encode import encode_bytes
+
+    files = [(p, Path(p).read_bytes()) for p in paths]
+    notes = ok = rows = 0
+    t = time.perf_counter()
+    for name, data in files:
+        try:
+            enc = encode_bytes(data, name)
+        except MidiReadError:
+            continue
+        ok += 1
+        notes += enc.stats["source notes"]
+        rows += len(enc.rows.rows)
+    wall = time.perf_counter() - t
+    return {"wall": wall, "files": len(files), "ok": ok, "notes": notes, "rows": rows,
+            "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def machine_parallelism(procs: int, n: int = 6_000_000) -> float:
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(procs) as pool:
+        pool.map(_busy, [1000] * procs)            # start the workers
+        t = time.perf_counter()
+        pool.map(_busy, [n])
+        one = time.perf_counter() - t
+        t = time.perf_counter()
+        pool.map(_busy, [n] * procs, chunksize=1)
+        many = time.perf_counter() - t
+    return procs * one / many
+
+
+def run_loop(paths: list[Path]) -> dict:
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_loop, ([str(p) for p in paths],))
+
+
+# --------------------------------------------------------------------------------------------------
+# Memory sampling of the driver and every Ray process
+
+
+class RssSampler(threading.Thread):
+    def __init__(self, interval: float = 0.2):
+        super().__init__(daemon=True)
+        import psutil
+
+        self.psutil, self.interval = psutil, interval
+        self.stop_event = threading.Event()
+        self.peak_total = self.peak_driver = self.peak_worker = 0
+
+    def run(self) -> None:
+        me = self.psutil.Process()
+        while not self.stop_event.is_set():
+            try:
+                procs = [me, *me.children(recursive=True)]
+                rss = {}
+                for p in procs:
+                    try:
+                        rss[p.pid] = (p.memory_info().rss, " ".join(p.cmdline()[:2]))
+                    except self.psutil.Error:
+                        pass
+                self.peak_total = max(self.peak_total, sum(r for r, _ in rss.values()))
+                self.peak_driver = max(self.peak_driver, rss.get(me.pid, (0, ""))[0])
+                workers = [r for pid, (r, cmd) in rss.items() if "default_worker" in cmd or cmd.startswith("ray::")]
+                self.peak_worker = max([self.peak_worker, *workers])
+            except self.psutil.Error:
+                pass
+            time.sleep(self.interval)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.join()
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def make_root(base: Path, name: str, sources: list[tuple[Path, Path]]) -> Path:
+    root = base / name
+    for src, rel in sources:
+        dest = root / "input" / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, dest)
+    return root
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cpus", type=int, default=2, help="logical CPUs of the local Ray (and processes compared)")
+    ap.add_argument("--corpora", nargs="+", default=["piano_midi_de", "classical_multitrack"])
+    ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    args = ap.parse_args()
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+    sources = []
+    for corpus in args.corpora:
+        folder = Path(corpus) if Path(corpus).is_dir() else SHARED / corpus
+        sources += [(p, Path(folder.name) / p.relative_to(folder)) for p in sorted(folder.rglob("*"))
+                    if p.suffix.lower() in (".mid", ".midi")]
+    small = sources[:5]
+    base = Path(tempfile.mkdtemp(prefix="bench-preprocess-"))
+    fig: dict = {"cpus": args.cpus, "corpora": args.corpora, "files": len(sources),
+                 "load_average_before": os.getloadavg()}
+    try:
+        big_root = make_root(base, "big", sources)
+        small_root = make_root(base, "small", small)
+        print(f"corpus: {', '.join(args.corpora)}: {len(sources)} files, "
+              f"{sum(s.stat().st_size for s, _ in sources) / 2**20:.1f} MiB; load average {os.getloadavg()[0]:.1f}")
+
+        fig["machine_parallelism"] = machine_parallelism(args.cpus)
+        print(f"machine: {args.cpus} busy processes do {fig['machine_parallelism']:.2f}x the work of one "
+              f"(ideal {args.cpus:.1f}; the ceiling for any parallel speedup on this box right now)")
+
+        loop = run_loop([big_root / "input" / rel for _, rel in sources])
+        loop_small = run_loop([small_root / "input" / rel for _, rel in small])
+        fig["loop"] = loop
+        print(f"single-process loop: {loop['wall']:.1f} s  {loop['files'] / loop['wall']:.1f} files/s  "
+              f"{loop['notes'] / loop['wall']:,.0f} notes/s  peak RSS {loop['maxrss_mib']:.0f} MiB")
+
+        import ray
+
+        from mahler_dist.config import DataConfig
+        from mahler_dist.data import shards as S
+        from mahler_dist.data.preprocess import preprocess
+
+        t = time.perf_counter()
+        ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+        fig["ray_init_s"] = time.perf_counter() - t
+        config = DataConfig()
+        t = time.perf_counter()
+        preprocess(small_root, config, progress=False)
+        cold = time.perf_counter() - t
+        t = time.perf_counter()
+        preprocess(small_root, config, force=True, progress=False)
+        warm = time.perf_counter() - t
+        fig["overhead"] = {"ray_init_s": fig["ray_init_s"], "five_files_cold_s": cold, "five_files_warm_s": warm,
+                           "five_files_loop_s": loop_small["wall"], "fixed_cold_s": cold - loop_small["wall"],
+                           "fixed_warm_s": warm - loop_small["wall"]}
+        print(f"Ray fixed overhead: ray.init {fig['ray_init_s']:.1f} s; 5-file corpus {cold:.1f} s cold "
+              f"(new worker processes), {warm:.1f} s warm, vs {loop_small['wall']:.2f} s in the loop "
+              f"-> {warm - loop_small['wall']:.1f} s fixed per run (warm), {cold - loop_small['wall']:.1f} s (cold)")
+
+        sampler = RssSampler()
+        sampler.start()
+        t = time.perf_counter()
+        summary = preprocess(big_root, config, progress=True)
+        wall = time.perf_counter() - t
+        sampler.stop()
+        ray.shutdown()
+        print(summary)
+
+        index = S.read_index(big_root)
+        shard_bytes = sum(s["filesize"] for s in index["shardlist"])
+        shard_rows = sum(s["rows"] for s in index["shardlist"])
+        piece_bytes = sum(p.stat().st_size for p in (big_root / "pieces").iterdir())
+        first = big_root / "shards" / index["shardlist"][0]["url"]
+        gzip_ratio = len(zlib.compress(first.read_bytes(), 6)) / first.stat().st_size
+        ratio = loop["wall"] / wall
+        fig["ray"] = {"wall_s": wall, "files_per_s": len(sources) / wall, "notes_per_s": summary.notes_in / wall,
+                      "speedup_vs_loop": ratio, "share_of_machine_ceiling": ratio / fig["machine_parallelism"],
+                      "peak_rss_driver_mib": sampler.peak_driver / 2**20,
+                      "peak_rss_worker_mib": sampler.peak_worker / 2**20,
+                      "peak_rss_all_ray_processes_mib": sampler.peak_total / 2**20}
+        fig["output"] = {"samples": shard_rows and sum(s["nsamples"] for s in index["shardlist"]),
+                         "event_rows": shard_rows, "shard_bytes_per_row": shard_bytes / shard_rows,
+                         "shard_bytes_per_sample": shard_bytes / sum(s["nsamples"] for s in index["shardlist"]),
+                         "gzip_shard_bytes_per_row": gzip_ratio * shard_bytes / shard_rows,
+                         "piece_npz_bytes_per_row": piece_bytes / index["stats"]["rows"]}
+        fig["load_average_after"] = os.getloadavg()
+        r, o = fig["ray"], fig["output"]
+        print()
+        print(f"single process : {loop['files'] / loop['wall']:7.1f} files/s  {loop['notes'] / loop['wall']:9,.0f} notes/s"
+              f"  ({loop['notes'] / loop['wall'] / 15000:.1f}x the original's ~15k notes/s per core)")
+        print(f"Ray, {args.cpus} CPUs    : {r['files_per_s']:7.1f} files/s  {r['notes_per_s']:9,.0f} notes/s"
+              f"  (whole pipeline: encode, pieces, shards, manifest, index)")
+        print(f"ratio          : {ratio:.2f}x the single-process loop (goal >= 1.6x); this machine's ceiling "
+              f"{fig['machine_parallelism']:.2f}x -> {100 * r['share_of_machine_ceiling']:.0f}% of it")
+        print(f"fixed overhead : ray.init {fig['ray_init_s']:.1f} s + {fig['overhead']['fixed_warm_s']:.1f} s per run "
+              f"(warm), {fig['overhead']['fixed_cold_s']:.1f} s the first time (worker start-up)")
+        print(f"bytes per row  : shards {o['shard_bytes_per_row']:.0f} B ({o['shard_bytes_per_sample']:.0f} B per bar "
+              f"sample, {o['event_rows'] / o['samples']:.1f} rows per bar; gzip would make it "
+              f"{o['gzip_shard_bytes_per_row']:.0f} B); pieces/*.npz {o['piece_npz_bytes_per_row']:.1f} B")
+        print(f"peak memory    : loop {loop['maxrss_mib']:.0f} MiB; Ray driver {r['peak_rss_driver_mib']:.0f} MiB, "
+              f"largest worker {r['peak_rss_worker_mib']:.0f} MiB, all Ray processes {r['peak_rss_all_ray_processes_mib']:.0f} MiB "
+              "(RSS sum, shared pages counted per process)")
+        print(f"load average   : {fig['load_average_before'][0]:.1f} before, {fig['load_average_after'][0]:.1f} after "
+              f"({os.cpu_count()} CPUs; other work on the box skews every figure above)")
+        if args.json:
+            Path(args.json).write_text(json.dumps(fig, indent=1))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
