@@ -10,9 +10,10 @@ A pause row's beat and active sets are taken at its end, where it moves the time
 
 from __future__ import annotations
 
-import heapq
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -63,41 +64,41 @@ def piece_to_rows(piece: Piece) -> PieceRows:
     """Rows for every bar of `piece`, with the sets of sounding pitches/instruments per row."""
     starts, ends = piece.absolute_times()
     notes = piece.notes
-    n = len(notes)
+    # plain lists: this loop touches every note, and numpy scalar indexing costs ~10x more
+    positions, durations = notes[:, P.POS].tolist(), notes[:, P.DUR].tolist()
+    pitches, instruments, start_list = notes[:, P.PITCH].tolist(), notes[:, P.INSTR].tolist(), starts.tolist()
     rows: list[tuple[int, int, int, int, int]] = []
     snap_at: list[tuple[int, int]] = []     # per row: (time, index of first note not yet added)
     bar_starts = [0]
     dropped = Counter()
-    by_bar = np.searchsorted(notes[:, P.BAR], np.arange(piece.num_bars + 1)) if n else np.zeros(piece.num_bars + 1, int)
+    by_bar = np.searchsorted(notes[:, P.BAR], np.arange(piece.num_bars + 1)).tolist()
     for b, bar in enumerate(piece.bars):
         metre, ref = bar.metre, 0
-        lo, hi = int(by_bar[b]), int(by_bar[b + 1])
+        gaps = _gap_table(metre)
+        lo, hi = by_bar[b], by_bar[b + 1]
         if lo == hi:   # empty bar: one pause row of a bar's length, beat slot 0 (reference 2.8)
             rows.append((class_of_ticks(metre.bar_ticks), 0, 0, NONE, NONE))
             snap_at.append((bar.start + metre.bar_score_ticks, lo))
         i = lo
         while i < hi:
-            pos = int(notes[i, P.POS])
-            j = i
-            while j < hi and notes[j, P.POS] == pos:
+            pos = positions[i]
+            j = i + 1
+            while j < hi and positions[j] == pos:
                 j += 1
-            parts = decompose_gap(pos - ref, metre)
+            parts = gaps(pos - ref)
             if parts is None:   # the quantiser prevents this; kept as a guard that counts
                 dropped["gap not representable"] += j - i
                 i = j
                 continue
-            offset = 0
-            for k, cls in enumerate(parts):
-                if k == len(parts) - 1:
-                    offset = cls
-                    break
-                ref += int(CLASS_TICKS[cls])   # pause row up to `ref`
+            for cls in parts[:-1]:             # pause rows up to the note's offset
+                ref += int(CLASS_TICKS[cls])
                 rows.append((cls, beat_position(ref), 0, NONE, NONE))
                 snap_at.append((bar.start + metre.to_score_ticks(ref), i))
+            offset = parts[-1] if parts else 0
+            beat = beat_position(pos)
             for k in range(i, j):
-                rows.append((offset if k == i else 0, beat_position(pos), int(notes[k, P.DUR]),
-                             int(notes[k, P.PITCH]), int(notes[k, P.INSTR])))
-                snap_at.append((int(starts[k]), k))
+                rows.append((offset if k == i else 0, beat, durations[k], pitches[k], instruments[k]))
+                snap_at.append((start_list[k], k))
             ref = pos
             i = j
         bar_starts.append(len(rows))
@@ -112,33 +113,43 @@ def piece_to_rows(piece: Piece) -> PieceRows:
     )
 
 
+@lru_cache(maxsize=None)
+def _gap_table(metre) -> Callable[[int], tuple[int, ...] | None]:
+    """decompose_gap for one metre, memoised per gap without hashing the metre every call."""
+    cache: dict[int, tuple[int, ...] | None] = {}
+
+    def gaps(gap: int) -> tuple[int, ...] | None:
+        if gap not in cache:
+            cache[gap] = decompose_gap(gap, metre)
+        return cache[gap]
+
+    return gaps
+
+
 def _active_sets(snap_at: list[tuple[int, int]], notes: np.ndarray, starts: np.ndarray,
                  ends: np.ndarray) -> np.ndarray:
     """For each row (time t, note index k): pitches/instruments of the notes that started before
     note k (in row order) and end after t - i.e. sounding at t before the row's own note
-    (reference 1.1: earlier notes of the same chord count; notes ending at or before t do not)."""
-    pitch_count = np.zeros(NUM_PITCHES, dtype=np.int32)
-    instr_count = np.zeros(NUM_INSTRUMENTS, dtype=np.int32)
-    pitch_sets = np.zeros((len(snap_at), NUM_PITCHES), dtype=bool)
-    instr_sets = np.zeros((len(snap_at), NUM_INSTRUMENTS), dtype=bool)
-    sounding: list[tuple[int, int, int]] = []   # heap of (end, pitch, instrument)
-    added = 0
-    for r, (t, k) in enumerate(snap_at):
-        while added < k:   # notes before k in row order have started
-            p, ins = int(notes[added, P.PITCH]), int(notes[added, P.INSTR])
-            heapq.heappush(sounding, (int(ends[added]), p, ins))
-            pitch_count[p] += 1
-            instr_count[ins] += 1
-            added += 1
-        while sounding and sounding[0][0] <= t:
-            _, p, ins = heapq.heappop(sounding)
-            pitch_count[p] -= 1
-            instr_count[ins] -= 1
-        pitch_sets[r] = pitch_count > 0
-        instr_sets[r] = instr_count > 0
-    if not len(snap_at):
+    (reference 1.1: earlier notes of the same chord count; notes ending at or before t do not).
+
+    Vectorised as a difference array over rows: note j counts from the first row after its own
+    (k > j) up to the first row at or after its end; both are searches because row times and
+    note indices never decrease along the rows."""
+    n_rows = len(snap_at)
+    if not n_rows:
         return np.zeros((0, ACTIVE_BYTES), dtype=np.uint8)
-    return pack_active(pitch_sets, instr_sets)
+    times, first_unadded = np.asarray(snap_at, dtype=np.int64).T
+    j = np.arange(len(notes))
+    added = np.searchsorted(first_unadded, j, side="right")     # first row with k > j
+    removed = np.searchsorted(times, ends, side="left")         # first row with t >= end
+    live = added < removed
+    counts = []
+    for column, width in ((P.PITCH, NUM_PITCHES), (P.INSTR, NUM_INSTRUMENTS)):
+        delta = np.zeros((n_rows + 1, width), dtype=np.int16)
+        np.add.at(delta, (added[live], notes[live, column]), 1)
+        np.add.at(delta, (removed[live], notes[live, column]), -1)
+        counts.append(np.cumsum(delta[:-1], axis=0) > 0)
+    return pack_active(*counts)
 
 
 def rows_to_piece(rows: PieceRows, template: Piece) -> Piece:

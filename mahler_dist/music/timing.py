@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 
@@ -176,17 +176,17 @@ class Metre:
     def beats_per_bar(self) -> int:
         return self.numerator // 3 if self.compound else self.numerator
 
-    @property
+    @cached_property   # hot: every note's time conversion asks for it
     def tick_scale(self) -> Fraction:
         """Score ticks (480 per quarter) per model tick (480 per beat): the original's tpb multiplier."""
         return Fraction(4, self.denominator) * (3 if self.compound else 1)
 
-    @property
+    @cached_property
     def bar_ticks(self) -> int:
         """Bar length in model ticks."""
         return self.beats_per_bar * TICKS_PER_BEAT
 
-    @property
+    @cached_property
     def bar_score_ticks(self) -> int:
         """Bar length in score ticks (480 per quarter)."""
         return int(self.bar_ticks * self.tick_scale)

@@ -63,6 +63,8 @@ def grid_pieces(draw):
     piece = Piece("grid", bars, piece.notes[keep])
     # the piece ends at the first bar line at or after its last note ends (as the quantiser cuts it)
     _, ends = piece.absolute_times()
+    while len(bars) > 1 and bars[-1].start >= ends.max() and piece.notes[:, P.BAR].max() < len(bars) - 1:
+        bars.pop()
     while bars[-1].start + bars[-1].metre.bar_score_ticks < ends.max():
         last = bars[-1]
         bars.append(Bar(last.start + last.metre.bar_score_ticks, last.metre, False))
