@@ -121,11 +121,11 @@ class TrainConfig:
     grad_clip_norm: float = 0.0
     """Clip the global gradient norm (after value clipping); 0 disables."""
     lr_schedule: Literal["constant", "cosine"] = "constant"
-    """constant (the original), or cosine decay to 0 over the run after the warmup."""
+    """constant (the original), or cosine decay to 10% of lr over the run after the warmup."""
     warmup_steps: int = 0
-    """Linear learning-rate warmup from 0 over this many steps."""
+    """Linear learning-rate warmup over this many steps."""
     seed: int = 12345
-    """Seeds torch, numpy and the data order (the original's fixed seed)."""
+    """Seeds the initial weights, dropout and the data order (the original's fixed seed)."""
     keep_checkpoints: int = 3
     """Best checkpoints kept by validation loss (the latest is always kept too)."""
     log_every_steps: int = 20

@@ -19,6 +19,7 @@ Interface used by training (`forward`) and by the batched generator:
     state = model.init_decoder(z, c)                         # z None without the VAE
     h, state = model.step(prev_rows, prev_active, state)     # prev row all -1 at step 0
     model.heads.offset_logits(h); model.heads.duration_logits(h, offset, beat); ...
+    logits = model.teacher_forced(rows, active, state)       # whole bars fed the true rows
 """
 
 from __future__ import annotations
@@ -117,6 +118,10 @@ class MahlerNet(nn.Module):
                                   nn.Parameter(torch.zeros(2, cfg.dec_layers, cfg.dec_size)))
         self.heads = Heads(cfg.dec_size, spec, cfg)
 
+    @property
+    def device(self) -> torch.device:
+        return self.heads.linear["offset"].weight.device
+
     # -- encoders and latent ---------------------------------------------------------------
     def encode_context(self, rows: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor | None:
         """Context rows long [B, Tc, 5], lengths [B] -> summary [B, 2E] (None if off)."""
@@ -133,7 +138,8 @@ class MahlerNet(nn.Module):
     def posterior(self, inp: torch.Tensor, ctx: torch.Tensor | None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
         """q(z | bar, context) -> (mu, logvar), each [B, Z]."""
-        assert self.posterior_net is not None, "posterior needs model.use_vae: true"
+        if self.posterior_net is None:
+            raise RuntimeError("posterior needs model.use_vae: true")
         return self.posterior_net(inp if ctx is None else torch.cat([inp, ctx], dim=-1))
 
     def prior(self, ctx: torch.Tensor | None, batch: int | None = None
@@ -143,8 +149,7 @@ class MahlerNet(nn.Module):
         if self.prior_net is not None:
             return self.prior_net(ctx)
         n = ctx.shape[0] if ctx is not None else batch
-        device = ctx.device if ctx is not None else self.heads.linear["offset"].weight.device
-        zeros = torch.zeros(n, self.cfg.z_dim, device=device)
+        zeros = torch.zeros(n, self.cfg.z_dim, device=self.device)
         return zeros, zeros
 
     @staticmethod
@@ -158,7 +163,8 @@ class MahlerNet(nn.Module):
         """Initial decoder state from z [B, Z] and the context summary [B, 2E]."""
         cond = [ctx] if ctx is not None else []
         if self.z_proj is not None:
-            assert z is not None, "a VAE model needs z to start the decoder"
+            if z is None:
+                raise RuntimeError("a VAE model needs z to start the decoder")
             zp = self.z_proj(z)                                                     # [B, D]
             h = zp.unsqueeze(0).expand(self.cfg.dec_layers, -1, -1).contiguous()    # [L, B, D]
             state = DecoderState(h, h, None)
@@ -185,6 +191,14 @@ class MahlerNet(nn.Module):
         out, state = self._run_decoder(x, state)
         return out[:, 0], state
 
+    def teacher_forced(self, rows: torch.Tensor, active: torch.Tensor, state: DecoderState
+                       ) -> dict[str, torch.Tensor]:
+        """Decode whole bars fed the true rows: rows long [B, T, 5], active uint8 [B, T, 15],
+        an initial state -> the four heads' logits [B, T, C] by property name."""
+        x = self.spec.decoder_inputs(rows, active)                         # [B, T, F]
+        h, _ = self._run_decoder(x, state)                                  # [B, T, D]
+        return self.heads.teacher_forced(h, rows)
+
     # -- training --------------------------------------------------------------------------
     def forward(self, batch: Batch, use_mean: bool = False) -> ModelOutput:
         """Teacher-forced pass over a padded batch. z is sampled unless `use_mean`."""
@@ -197,8 +211,6 @@ class MahlerNet(nn.Module):
             if self.prior_net is not None:
                 prior_mu, prior_logvar = self.prior(ctx)
         state = self.init_decoder(z, ctx, batch=rows.shape[0])
-        x = self.spec.decoder_inputs(rows, batch["inp_active"])             # [B, T, F]
-        h, _ = self._run_decoder(x, state)                                  # [B, T, D]
-        logits = self.heads.teacher_forced(h, rows)
+        logits = self.teacher_forced(rows, batch["inp_active"], state)
         return ModelOutput(**logits, mu=mu, logvar=logvar,
                            prior_mu=prior_mu, prior_logvar=prior_logvar)

@@ -89,7 +89,7 @@ def compute_loss(out: ModelOutput, batch: Batch, cfg: LossConfig, step: int
         with torch.no_grad():
             nats = kl_dims.sum(-1).mean()
             metrics.update(kl_loss=(beta * kl).detach(), kl_nats=nats, kl_bits=nats / math.log(2),
-                           beta=torch.tensor(beta), active_units=active_units(out.mu))
+                           beta=torch.tensor(beta, device=kl.device), active_units=active_units(out.mu))
     metrics["loss"] = total.detach()
     metrics.update(bars=batch["inp_len"].new_tensor(len(batch["inp_len"])),
                    rows=real.sum(), notes=notes.sum())

@@ -1,10 +1,11 @@
-"""MIDI bytes <-> `Score`: the only module that touches MIDI files (and the only one importing mido).
+"""MIDI bytes <-> `Score`: the only module that reads or writes MIDI files.
 
 `read_midi` parses a Standard MIDI File with a byte-level reader written for this hot path (about
-8x faster than building mido messages). It accepts exactly what `mido.MidiFile` (1.3, clip=False)
-accepts, rejecting the same malformed input (tests compare the two), and additionally rejects
-SMPTE time division and files without usable notes. Every failure is a `MidiReadError` with a
-short reason. What it does to the music (each is lossy and says so here):
+10x faster than mido building its message objects). It accepts exactly what `mido.MidiFile`
+(1.3, clip=False) accepts, rejecting the same malformed input (the tests compare the two on the
+corpora and on randomly damaged files), and additionally rejects SMPTE time division and files
+without usable notes. Every failure is a `MidiReadError` with a short reason. What it does to the
+music (each item is lossy):
 
 - ticks are resampled to TICKS_PER_QUARTER (480), rounding half up: round(tick * 480 / tpb);
 - SMF type 0 and 1 tracks play in parallel; type 2 tracks are played one after another (each starts
@@ -13,28 +14,35 @@ short reason. What it does to the music (each is lossy and says so here):
   note at the new onset (MahlerNet's rule), and a note_off at that same tick belongs to the closed
   note, as if note-offs sorted first at equal ticks; otherwise a note_off (or a note_on with velocity
   0) closes the sounding note. Unmatched note_offs are ignored; notes never closed end at the last
-  event of their track;
+  event of their track. A second note_on for a key at the tick its sounding note started (a unison
+  doubling within one track) starts a twin that ends with it, so both stay (the quantiser merges
+  such doublings);
 - program of a note = the last program_change on its channel, in any track, at or before its onset
   (ties at one tick: the later one in file order wins); 0 if there is none;
 - velocities, controllers, pitch bend, key signatures, lyrics and sysex are discarded;
 - drum notes (channel index 9) are dropped (dropped["drum channel"]), then notes whose end equals
-  their start after resampling (dropped["zero length"]);
+  their start after resampling (dropped["zero length"]); `source_notes` counts every note_on with
+  velocity > 0, so len(notes) + sum(dropped.values()) == source_notes;
 - tempo map: sorted, one change per tick (the last wins), TempoChange(0, 500000) prepended when the
   first change is after tick 0 or there is none; tempo 0 (meaningless) is ignored;
 - metre map: sorted, one per tick (the last wins), repeats of the same metre merged; no implicit 4/4.
 
+- the end tick is the last event of any track or the last note end, whichever is later; ticks
+  beyond 2**40 (corrupt delta times) reject the file.
+
 `write_midi` writes a type-1 file (conductor track + one track per channel, velocity 64) that reads
-back to the same notes, tempos and metres. `assign_channels` gives each program its own channel.
+back to the same notes, tempos and metres (bytes are written directly; mido is only a test oracle
+now). `assign_channels` gives each program its own channel.
 """
 
 from __future__ import annotations
 
-import io
+import math
 import os
+import struct
 from collections import Counter
 from pathlib import Path
 
-import mido
 import numpy as np
 
 from mahler_dist.errors import MidiReadError
@@ -60,7 +68,10 @@ DEFAULT_TEMPO = 500_000  # us per quarter (120 bpm)
 VELOCITY = 64  # the original's fixed output velocity (reference 5.1)
 DROP_DRUMS = "drum channel"
 DROP_ZERO_LENGTH = "zero length"
+# ends[i] <= _TWIN means: note i ends when note (_TWIN - ends[i]) does (a unison doubling, see above)
+_TWIN = -2
 
+_MAX_TICK = 2**40  # ~ 65 years at 480 ticks per quarter and 120 bpm; keeps tick * 960 within int64
 _MAX_CHUNK = 1_000_000  # mido's MAX_MESSAGE_LENGTH: longer meta/sysex events are rejected as it does
 # Total length (status included) of the system messages 0xF1..0xFE that mido accepts in a file.
 _SYSTEM_LENGTH = {0xF1: 2, 0xF2: 3, 0xF3: 2, 0xF6: 1, 0xF8: 1, 0xFA: 1, 0xFB: 1, 0xFC: 1, 0xFE: 1}
@@ -89,7 +100,8 @@ def read_midi(source: str | os.PathLike | bytes, name: str | None = None) -> Sco
             label = name if name is not None else os.fspath(source)
             data = Path(source).read_bytes()
         except TypeError as exc:
-            raise MidiReadError(str(name or source), f"not a path or bytes ({type(source).__name__})") from exc
+            reason = f"not a path or bytes ({type(source).__name__})"
+            raise MidiReadError(str(name or source), reason) from exc
         except OSError as exc:
             raise MidiReadError(label, f"cannot read file ({exc.strerror or exc})") from None
     try:
@@ -118,6 +130,8 @@ def _read(d: bytes) -> Score:
         pos, tick = _parse_track(d, start, end, k, track_end if fmt == 2 else 0, notes)
         last_tick = max(last_tick, tick)
         track_end = tick
+    if last_tick > _MAX_TICK:
+        raise _Reject(f"implausible length ({last_tick} ticks; corrupt delta times?)")
     return notes.to_score(tpb, last_tick)
 
 
@@ -189,13 +203,17 @@ class _Collector:
         if source_notes == 0:
             raise _Reject("file contains no notes")
 
-        starts, ends = _resample(starts, tpb), _resample(ends, tpb)
         dropped: Counter = Counter()
         keep = channels != DRUM_CHANNEL
         if not keep.all():
             dropped[DROP_DRUMS] = int(source_notes - keep.sum())
             if not keep.any():
                 raise _Reject("file contains no pitched notes (only drums)")
+        twin = ends <= _TWIN
+        while twin.any():  # a twin points to a later note; chains (triple doublings) take more steps
+            ends[twin] = ends[_TWIN - ends[twin]]
+            twin = ends <= _TWIN
+        starts, ends = _resample(starts, tpb), _resample(ends, tpb)
         nonzero = ends != starts
         zero = keep & ~nonzero
         if zero.any():
@@ -237,10 +255,12 @@ class _Collector:
 
     def _tempo_map(self, tpb: int) -> list[TempoChange]:
         by_tick: dict[int, int] = {}
-        for tick, tempo in sorted(
-            ((_resample_int(t, tpb), v) for t, v in self.tempos if v > 0), key=lambda e: e[0]
-        ):
-            by_tick[tick] = tempo  # stable sort: the last in file order wins
+        if self.tempos:
+            raw = np.array(self.tempos, dtype=np.int64)
+            raw = raw[raw[:, 1] > 0]
+            ticks = _resample(raw[:, 0], tpb)
+            order = np.argsort(ticks, kind="stable")  # the last in file order wins at a tick
+            by_tick = dict(zip(ticks[order].tolist(), raw[order, 1].tolist()))
         if 0 not in by_tick:
             by_tick[0] = DEFAULT_TEMPO
         return [TempoChange(t, v) for t, v in sorted(by_tick.items())]
@@ -274,8 +294,10 @@ def _parse_track(d: bytes, i: int, end: int, k: int, t: int, out: _Collector) ->
     overruns its chunk reads on into what follows, which then ends in an error), running status
     also follows system messages, and a data byte after a sysex running status is skipped.
     """
-    starts, ends, keys = out.starts, out.ends, out.keys
-    first_note = len(starts)
+    starts, ends, keys, tempos = out.starts, out.ends, out.keys, out.tempos
+    start_append, end_append, key_append = starts.append, ends.append, keys.append
+    n = len(d)
+    first_note = count = len(starts)
     sounding: dict[int, int] = {}  # key -> index of its open note
     retriggered: dict[int, int] = {}  # key -> tick at which a note_on closed the previous note
     last_status = -1
@@ -300,7 +322,9 @@ def _parse_track(d: bytes, i: int, end: int, k: int, t: int, out: _Collector) ->
                 if last_status < 0:
                     raise _Reject(f"running status without a preceding status byte in track {k}")
                 status = last_status
-                if status != 0xF0 and status != 0xF7:  # mido drops that byte before a sysex
+                if status < 0xF0:
+                    i -= 1
+                elif status != 0xF0 and status != 0xF7:  # mido drops that byte before a sysex
                     if _SYSTEM_LENGTH.get(status) == 1:
                         raise _Reject(f"running status after a one-byte system message in track {k}")
                     i -= 1
@@ -313,18 +337,22 @@ def _parse_track(d: bytes, i: int, end: int, k: int, t: int, out: _Collector) ->
                     pitch = d[i]
                     velocity = d[i + 1]
                     i += 2
-                    if pitch > 127 or velocity > 127:
+                    if (pitch | velocity) > 127:
                         raise _Reject(f"invalid data byte > 127 in track {k}")
                     key = (status & 0x0F) << 7 | pitch
                     if velocity and kind == 0x90:
                         old = sounding.get(key)
-                        if old is not None:  # retrigger: the old note ends here
-                            ends[old] = t
-                            retriggered[key] = t
-                        sounding[key] = len(starts)
-                        starts.append(t)
-                        ends.append(-1)
-                        keys.append(key)
+                        if old is not None:
+                            if starts[old] != t:  # retrigger: the old note ends here
+                                ends[old] = t
+                                retriggered[key] = t
+                            else:  # a unison doubling: the old note ends with the new one
+                                ends[old] = _TWIN - count
+                        sounding[key] = count
+                        count += 1
+                        start_append(t)
+                        end_append(-1)
+                        key_append(key)
                     else:
                         if retriggered and retriggered.pop(key, -1) == t:
                             continue  # the note_off of the note a note_on just closed at this tick
@@ -347,14 +375,32 @@ def _parse_track(d: bytes, i: int, end: int, k: int, t: int, out: _Collector) ->
                         raise _Reject(f"invalid data byte > 127 in track {k}")
                     i += 2
             elif status == 0xFF:
-                i = _meta_event(d, i, t, k, out)
+                mtype = d[i]
+                length = d[i + 1]
+                i += 2
+                if length > 127:
+                    length, i = _varint(d, i - 1)
+                    if length > _MAX_CHUNK:
+                        raise _Reject(f"meta event length {length} exceeds {_MAX_CHUNK} bytes in track {k}")
+                if mtype == 0x51 and length >= 3:
+                    tempos.append((t, d[i] << 16 | d[i + 1] << 8 | d[i + 2]))
+                elif mtype in _CHECKED_META:
+                    _check_meta(d, mtype, i, length, t, k, out)
+                i += length
+                if i > n:
+                    raise IndexError
             elif status == 0xF0 or status == 0xF7:
                 length, i = _varint(d, i)
                 if length > _MAX_CHUNK:
                     raise _Reject(f"sysex length {length} exceeds {_MAX_CHUNK} bytes in track {k}")
+                j = i
                 i += length
-                if i > len(d):
+                if i > n:
                     raise IndexError
+                if length and max(d[j:i]) > 127:  # mido: only a leading F0 and a final F7 may be > 127
+                    body = d[j + (d[j] == 0xF0) : i - (d[i - 1] == 0xF7)]
+                    if body and max(body) > 127:
+                        raise _Reject(f"invalid sysex data byte > 127 in track {k}")
             else:
                 length = _SYSTEM_LENGTH.get(status)
                 if length is None:
@@ -363,13 +409,13 @@ def _parse_track(d: bytes, i: int, end: int, k: int, t: int, out: _Collector) ->
                     if max(d[i : i + length - 1]) > 127:
                         raise _Reject(f"invalid data byte > 127 in track {k}")
                     i += length - 1
-                    if i > len(d):
+                    if i > n:
                         raise IndexError
     except IndexError:
         raise _Reject(f"truncated file (unexpected end of data in track {k})") from None
     for old in sounding.values():  # never terminated: close at the end of the track
         ends[old] = t
-    out.track_counts.append(len(starts) - first_note)
+    out.track_counts.append(count - first_note)
     return i, t
 
 
@@ -383,27 +429,29 @@ def _varint(d: bytes, i: int) -> tuple[int, int]:
             return value, i
 
 
-def _meta_event(d: bytes, i: int, t: int, k: int, out: _Collector) -> int:
-    """Parse the meta event after its 0xFF status byte; return the position after it.
+_CHECKED_META = frozenset((0x00, 0x20, 0x51, 0x54, 0x58, 0x59))
+# Time-signature denominator exponents that mido rejects ("must be a power of 2": its test is
+# math.log(2**e, 2) == int(...), which float rounding fails for these e); all are absurd metres.
+_MIDO_BAD_EXPONENTS = frozenset(e for e in range(256) if math.log(2**e, 2) != int(math.log(2**e, 2)))
 
-    Rejects exactly the meta events that mido cannot decode (short tempo, time or key signature,
-    SMPTE offset, sequence number or channel prefix data; unknown keys or SMPTE frame rates).
+
+def _check_meta(d: bytes, mtype: int, j: int, length: int, t: int, k: int, out: _Collector) -> None:
+    """Decode a time signature and reject exactly the meta events that mido cannot decode.
+
+    Those are: tempo, time or key signature, SMPTE offset, sequence number or channel prefix with
+    too few data bytes; key signatures outside -7..7 / major-minor; SMPTE frame-rate codes above 3.
+    The data is d[j : j + length]; the caller checks that it is all there.
     """
-    mtype = d[i]
-    length, j = _varint(d, i + 1)
-    if length > _MAX_CHUNK:
-        raise _Reject(f"meta event length {length} exceeds {_MAX_CHUNK} bytes in track {k}")
-    i = j + length
-    if i > len(d):
+    if j + length > len(d):
         raise IndexError
-    if mtype == 0x51:
-        if length < 3:
-            raise _Reject(f"invalid tempo event ({length} data bytes) in track {k}")
-        out.tempos.append((t, d[j] << 16 | d[j + 1] << 8 | d[j + 2]))
-    elif mtype == 0x58:
+    if mtype == 0x58:
         if length < 4:
             raise _Reject(f"invalid time signature ({length} data bytes) in track {k}")
+        if d[j + 1] in _MIDO_BAD_EXPONENTS:
+            raise _Reject(f"invalid time signature (denominator 2**{d[j + 1]}) in track {k}")
         out.metres.append((t, d[j], 2 ** d[j + 1]))
+    elif mtype == 0x51:  # only reached when too short
+        raise _Reject(f"invalid tempo event ({length} data bytes) in track {k}")
     elif mtype == 0x59:
         if length < 2:
             raise _Reject(f"invalid key signature ({length} data bytes) in track {k}")
@@ -412,12 +460,11 @@ def _meta_event(d: bytes, i: int, t: int, k: int, out: _Collector) -> int:
         if not (-7 <= key <= 7 and mode in (0, 1)):
             accidentals = f"{key} sharps" if key >= 0 else f"{-key} flats"
             raise _Reject(f"invalid key signature ({accidentals}, mode {mode}) in track {k}")
-    elif mtype == 0x54:
-        if length < 5 or d[j] >> 5 > 3:
+    elif mtype == 0x54:  # frame rate code, minutes, seconds and sub-frames out of range
+        if length < 5 or d[j] >> 5 > 3 or d[j + 1] > 59 or d[j + 2] > 59 or d[j + 4] > 99:
             raise _Reject(f"invalid SMPTE offset event in track {k}")
     elif (mtype == 0x00 and length == 1) or (mtype == 0x20 and length == 0):
         raise _Reject(f"invalid meta event 0x{mtype:02x} ({length} data bytes) in track {k}")
-    return i
 
 
 # --------------------------------------------------------------------------------------------------
@@ -431,78 +478,111 @@ def write_midi(score: Score, ticks_per_beat: int = TICKS_PER_QUARTER) -> bytes:
     track per channel used, in channel order, with a program_change at tick 0 and another wherever
     a note's program differs from the previous note's on that channel. Notes are written on their
     CHANNEL column as given (see `assign_channels`) with velocity 64, note_offs before note_ons at a
-    tick. Lossy: the TRACK column is not kept, and a note overlapping a later note of the same
-    (channel, pitch) is cut at that note's onset (as `read_midi` would read it anyway); notes of one
-    channel that start at one tick must share a program. Ticks are rescaled when ticks_per_beat != 480.
+    tick. Lossy: the TRACK column is not kept; a note overlapping a later note of the same (channel,
+    pitch) is cut at that note's onset, and unison twins (same channel, pitch and start) end at the
+    earlier of their ends, as `read_midi` would read them anyway; notes of one channel that start at
+    one tick must share a program. Ticks are rescaled when ticks_per_beat != 480.
+    Raises ValueError for values MIDI cannot hold (pitch, program, channel, tempo, metre).
     """
     if not 1 <= ticks_per_beat <= 0x7FFF:
         raise ValueError(f"ticks_per_beat must be in 1..32767, got {ticks_per_beat}")
     notes = np.asarray(score.notes, dtype=np.int64).reshape(-1, len(NOTE_COLUMNS))
+    _check_writable(score, notes)
+
+    def scale(ticks):
+        if ticks_per_beat == TICKS_PER_QUARTER:
+            return ticks
+        return (ticks * (2 * ticks_per_beat) + TICKS_PER_QUARTER) // (2 * TICKS_PER_QUARTER)
+
+    conductor: list[tuple[int, int, bytes]] = []
+    for change in score.metres:
+        exponent = int(change.denominator).bit_length() - 1
+        conductor.append((scale(int(change.tick)), 0,
+                          bytes((0xFF, 0x58, 4, int(change.numerator), exponent, 24, 8))))
+    for change in score.tempos:
+        conductor.append((scale(int(change.tick)), 1,
+                          b"\xFF\x51\x03" + int(change.us_per_quarter).to_bytes(3, "big")))
+    last_end = int(notes[:, END].max()) if len(notes) else 0
+    tracks = [_track_chunk(conductor, scale(max(int(score.end_tick), last_end)))]
+
+    for channel in np.unique(notes[:, CHANNEL]).tolist():
+        ch = notes[notes[:, CHANNEL] == channel]
+        ch = ch[np.lexsort((ch[:, PITCH], ch[:, START]))]
+        events: list[tuple[int, int, bytes]] = []
+        program = -1
+        for start, prog in ch[:, [START, PROGRAM]].tolist():
+            if prog != program:
+                events.append((scale(start) if program >= 0 else 0, 1, bytes((0xC0 | channel, prog))))
+                program = prog
+        note_on, note_off = 0x90 | channel, 0x80 | channel
+        starts, ends = scale(ch[:, START]).tolist(), scale(_cut_overlaps(ch)).tolist()
+        for start, end, pitch in zip(starts, ends, ch[:, PITCH].tolist()):
+            events.append((start, 2, bytes((note_on, pitch, VELOCITY))))
+            events.append((end, 0, bytes((note_off, pitch, 0))))
+        tracks.append(_track_chunk(events, 0))
+    header = b"MThd" + (6).to_bytes(4, "big") + struct.pack(">hhh", 1, len(tracks), ticks_per_beat)
+    return header + b"".join(tracks)
+
+
+def _check_writable(score: Score, notes: np.ndarray) -> None:
     if len(notes):
         if notes[:, [START, END]].min() < 0 or (notes[:, END] < notes[:, START]).any():
             raise ValueError("notes must have 0 <= start <= end")
-        if not (0 <= notes[:, CHANNEL].min() and notes[:, CHANNEL].max() <= 15):
-            raise ValueError("note channels must be in 0..15 (use assign_channels)")
-
-    def scale(tick: int) -> int:
-        if ticks_per_beat == TICKS_PER_QUARTER:
-            return int(tick)
-        return (int(tick) * 2 * ticks_per_beat + TICKS_PER_QUARTER) // (2 * TICKS_PER_QUARTER)
-
-    midi = mido.MidiFile(type=1, ticks_per_beat=ticks_per_beat)
-    conductor: list[tuple[int, int, mido.MetaMessage]] = []
-    for change in score.metres:
-        conductor.append((scale(change.tick), 0, mido.MetaMessage(
-            "time_signature", numerator=int(change.numerator), denominator=int(change.denominator),
-            clocks_per_click=24, notated_32nd_notes_per_beat=8)))
+        for column, name, top in ((PITCH, "pitch", 127), (PROGRAM, "program", 127), (CHANNEL, "channel", 15)):
+            if notes[:, column].min() < 0 or notes[:, column].max() > top:
+                raise ValueError(f"note {name} must be in 0..{top} (channels: see assign_channels)")
     for change in score.tempos:
-        conductor.append((scale(change.tick), 1, mido.MetaMessage("set_tempo", tempo=int(change.us_per_quarter))))
-    last_end = int(notes[:, END].max()) if len(notes) else 0
-    midi.tracks.append(_to_track(conductor, scale(max(score.end_tick, last_end))))
+        if not 0 < change.us_per_quarter <= 0xFFFFFF or change.tick < 0:
+            raise ValueError(f"tempo {change} cannot be written (us per quarter must be 1..16777215)")
+    for change in score.metres:
+        den = int(change.denominator)
+        power_of_two = den >= 1 and not den & (den - 1) and den.bit_length() - 1 not in _MIDO_BAD_EXPONENTS
+        if not (0 <= change.numerator <= 255 and power_of_two and den <= 2**255 and change.tick >= 0):
+            raise ValueError(f"metre {change} at tick {change.tick} cannot be written as a time signature")
 
-    for channel in np.unique(notes[:, CHANNEL]):
-        ch = notes[notes[:, CHANNEL] == channel]
-        ch = ch[np.lexsort((ch[:, PITCH], ch[:, START]))]
-        events: list[tuple[int, int, mido.Message]] = []
-        program = -1
-        for start, end, pitch, prog in ch[:, [START, END, PITCH, PROGRAM]].tolist():
-            if prog != program:
-                events.append((scale(start) if program >= 0 else 0, 1,
-                               mido.Message("program_change", channel=int(channel), program=prog)))
-                program = prog
-        end_col = _cut_overlaps(ch)
-        for start, end, pitch in zip(ch[:, START].tolist(), end_col.tolist(), ch[:, PITCH].tolist()):
-            events.append((scale(start), 2, mido.Message("note_on", channel=int(channel), note=pitch,
-                                                         velocity=VELOCITY)))
-            events.append((scale(end), 0, mido.Message("note_off", channel=int(channel), note=pitch,
-                                                       velocity=0)))
-        midi.tracks.append(_to_track(events, None))
-    buffer = io.BytesIO()
-    midi.save(file=buffer)
-    return buffer.getvalue()
+
+def _track_chunk(events: list[tuple[int, int, bytes]], end_tick: int) -> bytes:
+    """An MTrk chunk from (tick, rank, event bytes): sorted by tick, then rank (offs 0, program
+    changes 1, ons 2; stable within a rank), ending with end_of_track at end_tick or the last event."""
+    events.sort(key=lambda e: (e[0], e[1]))
+    out = bytearray()
+    now = 0
+    for tick, _, event in events:
+        out += _varint_bytes(tick - now)
+        out += event
+        now = tick
+    out += _varint_bytes(max(end_tick, now) - now)
+    out += b"\xFF\x2F\x00"
+    return b"MTrk" + len(out).to_bytes(4, "big") + bytes(out)
+
+
+def _varint_bytes(value: int) -> bytes:
+    if value < 0x80:
+        return bytes((value,))
+    groups = [value & 0x7F]
+    value >>= 7
+    while value:
+        groups.append(0x80 | (value & 0x7F))
+        value >>= 7
+    return bytes(reversed(groups))
 
 
 def _cut_overlaps(ch: np.ndarray) -> np.ndarray:
-    """Ends of one channel's notes (sorted by start), each cut at the next onset of its pitch."""
+    """Ends of one channel's notes, each cut at the next later onset of its pitch.
+
+    Notes of one pitch that start together (unison twins) are not cut: the reader closes them
+    together at the first of their note_offs.
+    """
     ends = ch[:, END].copy()
-    order = np.lexsort((ch[:, START], ch[:, PITCH]))
-    same_pitch_next = ch[order[1:], PITCH] == ch[order[:-1], PITCH]
-    nxt_start = ch[order[1:], START]
-    cut = same_pitch_next & (nxt_start < ends[order[:-1]])
-    ends[order[:-1][cut]] = nxt_start[cut]
+    span = int(ch[:, START].max()) + 1
+    keys = ch[:, PITCH] * span + ch[:, START]
+    ordered = np.sort(keys)
+    after = np.searchsorted(ordered, keys, side="right")  # first note of a later (pitch, start)
+    nxt = ordered[np.minimum(after, len(keys) - 1)]
+    nxt_start = nxt % span
+    cut = (after < len(keys)) & (nxt // span == ch[:, PITCH]) & (nxt_start < ends)
+    ends[cut] = nxt_start[cut]
     return ends
-
-
-def _to_track(events: list, end_tick: int | None) -> mido.MidiTrack:
-    events.sort(key=lambda e: (e[0], e[1]))  # stable: offs (0), program changes (1), ons (2)
-    track = mido.MidiTrack()
-    now = 0
-    for tick, _, msg in events:
-        track.append(msg.copy(time=tick - now))
-        now = tick
-    last = now if end_tick is None else max(now, end_tick)
-    track.append(mido.MetaMessage("end_of_track", time=last - now))
-    return track
 
 
 # --------------------------------------------------------------------------------------------------
