@@ -55,7 +55,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         samples=args.samples, length=args.length, meter=args.meter, use_start_ctx=args.use_start_ctx,
         no_ctx=args.no_ctx, steps=args.steps, teacher_forcing=args.use_teacher_forcing,
         slerp=args.use_slerp, seed=args.seed, split=args.split, batch_size=args.batch_size,
-        device=args.device, plot=not args.no_plot, max_bars=args.max_bars,
+        device=args.device, plot=not args.no_plot, max_bars=args.max_bars, max_rows=args.max_rows,
         temperatures={"offset": args.offset_temperature, "duration": args.duration_temperature,
                       "pitch": args.pitch_temperature, "instrument": args.instrument_temperature})
     run_generate(args.root, args.name, opts)
@@ -107,16 +107,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", "--type", nargs="+", required=True, metavar="MODE",
                    help="one or more of pred, recon, n_recon, intpol, n_pred")
     p.add_argument("-m", "--model", default="best",
-                   help="checkpoint: best (lowest val_score, default), latest, or a folder name such as checkpoint_epoch0003")
-    p.add_argument("-f", "--file", default=None, help="piece: an id from ROOT/manifest.jsonl or an input file's name")
-    p.add_argument("-u", "--units", nargs="+", default=None, metavar="UNIT", help="units such as 10cz 9z 3c, or -")
+                   help="checkpoint: best (lowest val_score, default), latest, or a folder name "
+                        "such as checkpoint_epoch0003")
+    p.add_argument("-f", "--file", default=None,
+                   help="piece: an id from ROOT/manifest.jsonl or an input file's name")
+    p.add_argument("-u", "--units", nargs="+", default=None, metavar="UNIT",
+                   help="units such as 10cz 9z 3c, or -")
     p.add_argument("-s", "--samples", type=int, default=1, help="samples per unit (default 1)")
     p.add_argument("-l", "--length", type=int, default=1, help="bars per generated sample (pred, n_pred)")
     p.add_argument("-M", "--meter", default=None,
                    help="2, 3, 4 (x/4), 6 (6/8) or N/D; default: the seed bar's metre, else 4/4")
     p.add_argument("-C", "--use-start-ctx", action="store_true",
                    help="default context = the START row (else an all-zero summary, as the original)")
-    p.add_argument("-U", "--no-ctx", action="store_true", help="n_recon: use the default context, not the true one")
+    p.add_argument("-U", "--no-ctx", action="store_true",
+                   help="n_recon: use the default context, not the true one")
     p.add_argument("-S", "--steps", type=int, default=10, help="interpolation steps (intpol)")
     p.add_argument("-F", "--use-teacher-forcing", action="store_true", help="recon/n_recon: teacher-forced")
     p.add_argument("-e", "--use-slerp", action="store_true", help="intpol: spherical interpolation")
@@ -127,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default=None, help="n_recon without --file: train, val, test or all (default)")
     p.add_argument("--max-bars", type=int, default=None, help="n_recon: stop after this many bars")
     p.add_argument("--batch-size", type=int, default=64, help="bars decoded together (n_recon)")
+    p.add_argument("--max-rows", type=int, default=None,
+                   help="row cap per generated bar (default: the run's data.max_rows_per_bar)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--no-plot", action="store_true", help="do not write piano-roll PNGs")
     p.set_defaults(func=_cmd_generate)
