@@ -62,6 +62,26 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mahler_dist.plots import training_curves
+    from mahler_dist.train.tracking import read_metrics
+
+    pairs = args.runs
+    if len(pairs) % 2:
+        raise MahlerError("give pairs of NAME RUNDIR, e.g. mahler plot l small demo/runs/small")
+    runs = []
+    for label, run_dir in zip(pairs[::2], pairs[1::2]):
+        metrics = Path(run_dir) / "metrics.jsonl"
+        if not metrics.exists():
+            raise MahlerError(f"{run_dir}: no metrics.jsonl (is it a run folder, ROOT/runs/NAME?)")
+        runs.append((label, read_metrics(metrics)))
+    out = args.out or f"curves_{args.mode}.png"
+    print(f"wrote {training_curves(args.mode, runs, out)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mahler",
@@ -136,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--no-plot", action="store_true", help="do not write piano-roll PNGs")
     p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("plot", help="training curves of runs: l (loss), p (accuracy), d (distance), ls (step loss)")
+    p.add_argument("mode", choices=["l", "p", "d", "ls"])
+    p.add_argument("runs", nargs="+", metavar="NAME RUNDIR", help="pairs of a label and a run folder")
+    p.add_argument("--out", default=None, help="PNG file to write (default curves_MODE.png)")
+    p.set_defaults(func=_cmd_plot)
 
     p = sub.add_parser("describe", help="print a configuration's architecture and parameter counts")
     p.add_argument("--config", default=None, help="a YAML file or a preset name (tiny, small, mahlernet)")

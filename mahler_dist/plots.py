@@ -1,4 +1,4 @@
-"""Figures: piano rolls of pieces (training curves will join them). No Ray, no pyplot state.
+"""Figures: piano rolls of pieces and training curves of runs. No Ray, no pyplot state.
 
 Figures are drawn with matplotlib's object API on the Agg canvas, so plotting works headless, in
 threads and inside Ray Serve replicas.
@@ -92,3 +92,57 @@ def _colours(n: int) -> list:
 
     base = list(colormaps["tab20"].colors) + list(colormaps["Dark2"].colors)
     return [base[i % len(base)] for i in range(max(n, 1))]
+
+
+#: `mahler plot` modes, as the original's display_stats.py (reference 6.3), from metrics.jsonl.
+CURVE_MODES = {
+    "l": ("loss per epoch", [("loss", "")]),
+    "p": ("accuracy per epoch (teacher forced)", [("acc_o", "offset"), ("acc_d", "duration"),
+                                                  ("acc_p", "pitch"), ("acc_i", "instrument")]),
+    "d": ("mean class distance per epoch", [("dist_o", "offset"), ("dist_d", "duration"), ("dist_p", "pitch")]),
+    "ls": ("training loss per logged step", [("loss", "")]),
+}
+
+
+def training_curves(mode: str, runs: list[tuple[str, list[dict]]], path: str | Path) -> Path:
+    """Plot metrics rows (train.tracking.read_metrics) of one or more runs as PNG.
+
+    l, p, d: per epoch, training solid and validation dashed (validation distances are plotted
+    too; the original never recorded them); ls: per logged training step."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if mode not in CURVE_MODES:
+        raise ValueError(f"unknown plot mode {mode!r}; one of {', '.join(CURVE_MODES)}")
+    title, series = CURVE_MODES[mode]
+    fig = Figure(figsize=(7 + 3 * (len(series) > 1), 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = [fig.add_subplot(1, len(series), k + 1) for k in range(len(series))]
+    colours = _colours(max(len(runs), 1))
+    for (label, rows), colour in zip(runs, colours):
+        for ax, (key, name) in zip(axes, series):
+            if mode == "ls":
+                steps = [r for r in rows if r.get("kind") == "step" and key in r]
+                ax.plot([r["step"] for r in steps], [r[key] for r in steps], color=colour, label=label)
+                ax.set_xlabel("step")
+                continue
+            epochs = [r for r in rows if r.get("kind") == "epoch"]
+            for prefix, style, part in (("train_", "-", "train"), ("val_", "--", "validation")):
+                points = [(r["epoch"], r[prefix + key]) for r in epochs if prefix + key in r]
+                if points:
+                    xs, ys = zip(*points)
+                    ax.plot(xs, ys, style, marker="o", markersize=3, color=colour, label=f"{label} ({part})")
+            ax.set_xlabel("epoch")
+            ax.set_title(name, fontsize=9)
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
