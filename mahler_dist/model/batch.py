@@ -5,7 +5,7 @@ A *sample* is one bar, as numpy arrays in the compact layout of `mahler_dist.mus
     context  int8  [Tc, 5]   rows of the previous bar (a piece's first bar: one START row, all -1)
     inputs   int8  [Ti, 5]   the bar's rows (Ti >= 1: an empty bar is one pause row)
     active   uint8 [Ti, 15]  bit-packed sounding pitch/instrument sets per input row
-    metre    str (optional)  e.g. "4/4"; the model does not use it
+    metre    str (optional)  e.g. "4/4" (default 4/4): gives the bar's END target
 
 A *batch* is a dict of torch tensors, padded to the longest sample:
 
@@ -14,6 +14,7 @@ A *batch* is a dict of torch tensors, padded to the longest sample:
     inp_rows   long  [B, Ti_max, 5]  padding -1
     inp_len    long  [B]
     inp_active uint8 [B, Ti_max, 15] padding 0
+    inp_end    long  [B]             END-of-bar offset target (music.rows.end_offset_class)
 
 Rows stay compact on the host and on the wire; the model expands them to one-hots on its own
 device (DESIGN.md section 5). Padding rows are all -1, so they expand to all-zero features, and
@@ -22,14 +23,17 @@ every loss term masks them out by length.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, Mapping, Sequence, TypedDict
 
 import numpy as np
 import torch
 
 from mahler_dist.music import vocab
+from mahler_dist.music.rows import end_offset_class
+from mahler_dist.music.timing import Metre, normalise_metre
 
-BATCH_KEYS = ("ctx_rows", "ctx_len", "inp_rows", "inp_len", "inp_active")
+BATCH_KEYS = ("ctx_rows", "ctx_len", "inp_rows", "inp_len", "inp_active", "inp_end")
 
 
 class Batch(TypedDict):
@@ -40,6 +44,7 @@ class Batch(TypedDict):
     inp_rows: torch.Tensor
     inp_len: torch.Tensor
     inp_active: torch.Tensor
+    inp_end: torch.Tensor
 
 
 def _pad(arrays: Sequence[np.ndarray], fill: int, dtype: np.dtype) -> np.ndarray:
@@ -78,7 +83,21 @@ def collate_bars(samples: Sequence[Any]) -> Batch:
         inp_rows=torch.from_numpy(_pad(inp, vocab.NONE, np.int64)),
         inp_len=torch.tensor([len(x) for x in inp], dtype=torch.long),
         inp_active=torch.from_numpy(_pad(act, 0, np.uint8)),
+        inp_end=torch.tensor([end_offset_class(x, _metre(_optional(s, "metre"))) for s, x in zip(samples, inp)],
+                             dtype=torch.long),
     )
+
+
+def _optional(sample: Any, name: str) -> Any:
+    return sample.get(name) if isinstance(sample, Mapping) else getattr(sample, name, None)
+
+
+@lru_cache(maxsize=64)
+def _metre(text: str | None) -> Metre:
+    if not text:
+        return Metre(4, 4)
+    numerator, denominator = (int(x) for x in str(text).split("/"))
+    return normalise_metre(numerator, denominator)
 
 
 def to_device(batch: Mapping[str, torch.Tensor], device: torch.device | str,

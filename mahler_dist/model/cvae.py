@@ -48,6 +48,7 @@ class ModelOutput(NamedTuple):
     logvar: torch.Tensor | None = None         # [B, Z]
     prior_mu: torch.Tensor | None = None       # [B, Z] learned prior; None = N(0, I)
     prior_logvar: torch.Tensor | None = None   # [B, Z]
+    end: torch.Tensor | None = None            # [B, 60] offset logits one step after the last row
 
 
 class DecoderState(NamedTuple):
@@ -211,6 +212,14 @@ class MahlerNet(nn.Module):
             if self.prior_net is not None:
                 prior_mu, prior_logvar = self.prior(ctx)
         state = self.init_decoder(z, ctx, batch=rows.shape[0])
-        logits = self.teacher_forced(rows, batch["inp_active"], state)
-        return ModelOutput(**logits, mu=mu, logvar=logvar,
-                           prior_mu=prior_mu, prior_logvar=prior_logvar)
+        # One step more than the longest bar: step len_i, fed bar i's last row, predicts its END
+        # offset (music.rows.end_offset_class); the other steps are ordinary teacher forcing.
+        pad_row = rows.new_full((rows.shape[0], 1, rows.shape[2]), -1)
+        pad_act = batch["inp_active"].new_zeros((rows.shape[0], 1, batch["inp_active"].shape[2]))
+        x = self.spec.decoder_inputs(torch.cat([rows, pad_row], 1),
+                                     torch.cat([batch["inp_active"], pad_act], 1))   # [B, T+1, F]
+        h, _ = self._run_decoder(x, state)                                          # [B, T+1, D]
+        logits = self.heads.teacher_forced(h[:, :-1], rows)
+        h_end = h[torch.arange(rows.shape[0], device=h.device), lengths]           # [B, D]
+        return ModelOutput(**logits, mu=mu, logvar=logvar, prior_mu=prior_mu, prior_logvar=prior_logvar,
+                           end=self.heads.offset_logits(h_end))

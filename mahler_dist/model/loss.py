@@ -78,6 +78,13 @@ def compute_loss(out: ModelOutput, batch: Batch, cfg: LossConfig, step: int
             metrics[f"acc_{s}"] = (guess == target).sum() / n
             if name in DISTANCE_PROPERTIES:
                 metrics[f"dist_{s}"] = (guess - target).abs().sum() / n
+    if out.end is not None and "inp_end" in batch:
+        # END of bar: one more offset decision per bar (its own term, so acc_o stays per row)
+        ce_end = F.cross_entropy(out.end, batch["inp_end"])
+        recon = recon + ce_end
+        metrics["loss_end"] = ce_end.detach()
+        with torch.no_grad():
+            metrics["acc_end"] = (out.end.argmax(-1) == batch["inp_end"]).float().mean()
     total = recon
     metrics["recon"] = recon.detach()
     if out.mu is not None:

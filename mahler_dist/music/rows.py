@@ -21,7 +21,7 @@ from mahler_dist.music import piece as P
 from mahler_dist.music.instruments import write_back_programs
 from mahler_dist.music.piece import Piece
 from mahler_dist.music.score import MetreChange, Score, sort_notes
-from mahler_dist.music.timing import CLASS_TICKS, beat_position, class_of_ticks, decompose_gap
+from mahler_dist.music.timing import CLASS_TICKS, allowed_classes, beat_position, class_of_ticks, decompose_gap
 from mahler_dist.music.vocab import (
     ACTIVE_BYTES,
     BEAT,
@@ -150,6 +150,19 @@ def _active_sets(snap_at: list[tuple[int, int]], notes: np.ndarray, starts: np.n
         np.add.at(delta, (removed[live], notes[live, column]), -1)
         counts.append(np.cumsum(delta[:-1], axis=0) > 0)
     return pack_active(*counts)
+
+
+def end_offset_class(bar_rows: np.ndarray, metre) -> int:
+    """The END-of-bar target: the shortest offset class allowed in `metre` that takes the time
+    from the bar's last row to the bar end or past it (class 0 once the rows reach the end, as
+    an empty bar's pause row does). Rows carry no end token; training this one extra step
+    teaches the decoder where a bar stops, and the generator reads any offset reaching the bar
+    end as END (generate/sampler.py)."""
+    rows = np.asarray(bar_rows, dtype=np.int64)
+    real = rows[:, DURATION] >= 0                     # START rows take no time
+    remaining = metre.bar_ticks - int(CLASS_TICKS[rows[real, OFFSET]].sum())
+    allowed = allowed_classes(metre)
+    return next((c for c in allowed if CLASS_TICKS[c] >= remaining), allowed[-1])
 
 
 def rows_to_piece(rows: PieceRows, template: Piece) -> Piece:
