@@ -135,7 +135,8 @@ def train(name: str, root: str | Path, config: str | None = None, *, workers: in
         train_loop_per_worker,
         train_loop_config={"config": cfg.to_dict(), "train_urls": train_urls, "val_urls": val_urls,
                            "stop_actor": stop_name, "inject_failure": inject_failure,
-                           "record_keys_dir": record_keys_dir},
+                           "record_keys_dir": record_keys_dir,
+                           "piano_roll_dir": str(run_dir / "piano_rolls")},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus, resources_per_worker={"CPU": 1},
                                      placement_strategy=placement),
         run_config=RunConfig(

@@ -111,6 +111,24 @@ def validate(model, loader: BarLoader | None, config: Config, step: int, device,
     return {f"val_{k}": v for k, v in window.reduce(device).items() if not k.endswith("_per_s")}
 
 
+def epoch_piano_roll(model: torch.nn.Module, config: Config, epoch: int, out_dir: str, device) -> str:
+    """Rank 0, end of an epoch: 4 bars sampled from the START context as a piano-roll PNG, so the
+    W&B run (and the run folder) shows what the model writes as it learns."""
+    from mahler_dist.generate.generator import Generator
+    from mahler_dist.generate.output import rows_to_piece
+    from mahler_dist.music.timing import Metre
+    from mahler_dist.plots import piano_roll
+
+    was_training = model.training
+    try:
+        bars = Generator(model, config, device=device).sample(n_bars=4, n_samples=1, seed=epoch)[0]
+    finally:
+        model.train(was_training)
+    path = Path(out_dir) / f"epoch{epoch + 1:04d}.png"
+    return str(piano_roll(rows_to_piece(bars, [Metre(4, 4)] * len(bars)), path,
+                          title=f"epoch {epoch + 1}: 4 bars sampled from the START context"))
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     config = config_from_dict(loop_config["config"], "the run's config")
     tc = config.train
@@ -185,8 +203,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         score = val_metrics.get("val_loss", train_metrics["loss"])
         best_val = min(best_val, score)
         stop = _stop_requested(loop_config.get("stop_actor"))
+        roll = None
+        if rank == 0 and loop_config.get("piano_roll_dir"):
+            try:
+                roll = epoch_piano_roll(raw_model, config, epoch, loop_config["piano_roll_dir"], device)
+            except Exception as e:  # noqa: BLE001 - a picture must never end a training run
+                print(f"warning: no piano roll for epoch {epoch + 1}: {e!r}")
         row = {"kind": "epoch", "step": step, "epoch": epoch + 1, "val_score": score,
-               "final": stop or epoch + 1 == tc.epochs, "stopped": stop,
+               "final": stop or epoch + 1 == tc.epochs, "stopped": stop, "piano_roll": roll,
                **{f"train_{k}": v for k, v in train_metrics.items()}, **val_metrics}
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None

@@ -75,6 +75,9 @@ def test_two_workers_two_epochs_each_bar_once(data_root, tmp_path):
         assert len(seen) == len(set(seen)) and set(seen) == expected      # each bar exactly once
         assert ranks[0]["batches"] == ranks[1]["batches"]                 # same number of steps
     assert len(_wandb_runs(run_dir)) == 1
+    # each epoch, rank 0 samples a few bars and logs them as a piano roll (W&B image + file)
+    assert [Path(e["piano_roll"]).name for e in epochs] == ["epoch0001.png", "epoch0002.png"]
+    assert all(Path(e["piano_roll"]).stat().st_size > 1000 for e in epochs)
 
 
 def test_worker_failure_restarts_from_checkpoint_and_rerun_resumes(data_root, tmp_path):
