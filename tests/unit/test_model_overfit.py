@@ -28,14 +28,7 @@ TARGET = 0.99
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models on a shared 2-core box: OpenMP threads spin-wait for a busy core and a run
-    gets 20x slower (measured), so these tests use one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def shared_midi() -> Path:
     env = os.environ.get("MAHLER_SHARED_DATA")
