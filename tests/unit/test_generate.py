@@ -1,7 +1,7 @@
 """Generation end to end on a tiny model memorised inside the test (plain PyTorch, no Ray).
 
-The model learns 8 real bars (examples/midi/scn15_11.mid) including where each bar ends (an END
-offset target after the last row, sampler.end_classes). The run directory is what Ray Train
+The model learns 8 real bars (examples/midi/scn15_11.mid) with the standard loss, which includes
+where each bar ends (the END offset after the last row). The run directory is what Ray Train
 leaves (config.yaml, checkpoint_epochNNNN/{state.pt, metrics.json}) plus ROOT/pieces, a manifest
 and an index with a write-back table, so the CLI runs exactly as on a real ROOT.
 """
@@ -16,7 +16,6 @@ import mido
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from mahler_dist.cli import main
 from mahler_dist.config import load_config, resolve_config_path, save_config
@@ -27,7 +26,7 @@ from mahler_dist.generate.runs import resolve_checkpoint, run_dir
 from mahler_dist.generate.sampler import end_classes, metre_tables
 from mahler_dist.model.batch import collate_bars
 from mahler_dist.model.checkpoint import save_checkpoint
-from mahler_dist.model.cvae import MahlerNet, ModelOutput
+from mahler_dist.model.cvae import MahlerNet
 from mahler_dist.model.loss import compute_loss
 from mahler_dist.model.optim import build_optimizer, clip_gradients
 from mahler_dist.music.encode import encode_bytes, encode_file
@@ -49,36 +48,13 @@ def _end_targets(batch, metres):
     return end_classes(last, tables.bar_ticks, tables.offset_ok)
 
 
-def _loss_with_end(model, batch, end_target, cfg, step):
-    """compute_loss on the teacher-forced pass, plus the END offset after each bar's last row."""
-    rows, lengths = batch["inp_rows"], batch["inp_len"]
-    ctx = model.encode_context(batch["ctx_rows"], batch["ctx_len"])
-    mu, logvar = model.posterior(model.encode_input(rows, lengths), ctx)
-    state = model.init_decoder(model.sample_z(mu, logvar), ctx, batch=len(lengths))
-    feats = model.spec.decoder_step(rows, batch["inp_active"])                  # [B, T, F]
-    h, _ = model._run_decoder(torch.cat([torch.zeros_like(feats[:, :1]), feats], 1), state)  # T + 1
-    loss, _ = compute_loss(ModelOutput(**model.heads.teacher_forced(h[:, :-1], rows), mu=mu, logvar=logvar),
-                           batch, cfg.loss, step)
-    end_logits = model.heads.offset_logits(h[torch.arange(len(lengths)), lengths])
-    return loss + F.cross_entropy(end_logits, end_target)
-
-
 def _memorised(gen, samples) -> bool:
     return all(gen.reconstruct(samples, temperatures=ARGMAX, teacher_forcing=tf).stats.exact_bars
                == len(samples) for tf in (True, False))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core box: one thread (see test_model_overfit.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, one_thread):
+def trained(tmp_path_factory, one_torch_thread):
     enc = encode_file(EXAMPLE)
     samples = enc.samples[:N_BARS]
     cfg = load_config(resolve_config_path("tiny"))
@@ -91,10 +67,11 @@ def trained(tmp_path_factory, one_thread):
     untrained = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer = build_optimizer(model, cfg.train)
     batch = collate_bars(samples)
-    end_target = _end_targets(batch, [parse_metre(s.metre) for s in samples])
+    # the END target the model trains on (music.rows) is the one the sampler stops at
+    assert batch["inp_end"].tolist() == _end_targets(batch, [parse_metre(s.metre) for s in samples]).tolist()
     for step in range(1, MAX_STEPS + 1):
         model.train()
-        loss = _loss_with_end(model, batch, end_target, cfg, step)
+        loss, _ = compute_loss(model(batch), batch, cfg.loss, step)
         optimizer.zero_grad()
         loss.backward()
         clip_gradients(model, cfg.train)
