@@ -10,6 +10,17 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config):
+    """One torch thread in the test process: on a 2-core box that also runs Ray's processes,
+    OpenMP threads spin-wait for a busy core and small models get ~20x slower (measured).
+    (Ray train workers get OMP_NUM_THREADS=1 from their 1-CPU reservation already.)"""
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(1)
+
+
 def shared_midi_dir() -> Path:
     """../shared/data/midi beside the checkout (CI lays out the same), or $MAHLER_SHARED_DATA."""
     env = os.environ.get("MAHLER_SHARED_DATA")

@@ -137,6 +137,9 @@ def _equalise(plan: list[list[list[np.ndarray]]]) -> None:
             windows[w][b:b] = [batch[:half], batch[half:]]
         while sum(len(w) for w in windows) > target:
             w = max(range(len(windows)), key=lambda wi: len(windows[wi]))
+            if len(windows[w]) < 2:   # one batch per window: join two windows first
+                windows[0:2] = [windows[0] + windows[1]]
+                continue
             smallest = sorted(range(len(windows[w])), key=lambda bi: len(windows[w][bi]))[:2]
             merged = np.concatenate([windows[w][bi] for bi in smallest])
             for bi in sorted(smallest, reverse=True):
