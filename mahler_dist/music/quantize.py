@@ -30,7 +30,7 @@ from mahler_dist.errors import MidiReadError
 from mahler_dist.music import piece as P
 from mahler_dist.music.instruments import PROGRAM_TO_CLASS, UNMAPPED
 from mahler_dist.music.piece import Bar, Piece
-from mahler_dist.music.score import END, PITCH, PROGRAM, START, Score
+from mahler_dist.music.score import END, PITCH, PROGRAM, START, MetreChange, Score
 from mahler_dist.music.timing import (
     CLASS_TICKS,
     TIME_CLASSES,
@@ -58,8 +58,6 @@ def metre_ranges(score: Score) -> list[MetreRange]:
     """The score cut at every time-signature change (4/4 before the first one)."""
     changes = list(score.metres)
     if not changes or changes[0].tick > 0:
-        from mahler_dist.music.score import MetreChange
-
         changes.insert(0, MetreChange(0, 4, 4))
     last = max(score.end_tick, int(score.notes[:, END].max()) if len(score.notes) else 0)
     ranges = []
