@@ -35,18 +35,6 @@ def midi_dir() -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def one_torch_thread():
-    """Small models on a shared 2-core box: OpenMP threads spin-wait for a busy core and a run
-    gets 20x slower (measured), so model tests use one thread."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def ray_session():
     """A real local Ray for the whole session. 4 logical CPUs on a 2-core box leave room for

@@ -75,7 +75,7 @@ class MetricWindow:
         return out
 
 
-def _stop_requested(stop_actor: str | None) -> bool:
+def _stop_requested(stop_actor: str | None, device) -> bool:
     """Has the driver asked to stop after this epoch? (Same answer on every rank.)"""
     flag = 0.0
     if stop_actor and ray.train.get_context().get_world_rank() == 0:
@@ -83,7 +83,8 @@ def _stop_requested(stop_actor: str | None) -> bool:
             flag = float(ray.get(ray.get_actor(stop_actor, namespace=STOP_ACTOR_NAMESPACE).is_set.remote()))
         except ValueError:   # the driver that owns the flag is gone: keep training
             flag = 0.0
-    return _all_reduce_sums({"stop": flag}, "cpu")["stop"] > 0
+    # on the training device: NCCL all-reduces CUDA tensors only
+    return _all_reduce_sums({"stop": flag}, device)["stop"] > 0
 
 
 def _maybe_fail(spec: dict | None, epoch: int, batch_index: int) -> None:
@@ -202,7 +203,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         val_metrics = validate(model, val_loader, config, step, device, autocast)
         score = val_metrics.get("val_loss", train_metrics["loss"])
         best_val = min(best_val, score)
-        stop = _stop_requested(loop_config.get("stop_actor"))
+        stop = _stop_requested(loop_config.get("stop_actor"), device)
         roll = None
         if rank == 0 and loop_config.get("piano_roll_dir"):
             try:

@@ -54,7 +54,7 @@ def _memorised(gen, samples) -> bool:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, one_torch_thread):
+def trained(tmp_path_factory):
     enc = encode_file(EXAMPLE)
     samples = enc.samples[:N_BARS]
     cfg = load_config(resolve_config_path("tiny"))

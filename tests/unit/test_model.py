@@ -34,8 +34,6 @@ def make_model(seed: int = 0, **changes) -> MahlerNet:
 
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 @pytest.fixture(scope="module")
 def samples():
     return random_piece(seed=1, bars=12, max_rows=24)

@@ -28,8 +28,6 @@ TARGET = 0.99
 
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 def shared_midi() -> Path:
     env = os.environ.get("MAHLER_SHARED_DATA")
     return Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared" / "data" / "midi"
