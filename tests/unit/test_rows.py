@@ -148,3 +148,36 @@ def test_notes_ending_at_an_onset_are_not_active():
     rows = piece_to_rows(_piece([(0, 0, 12, 40, 0), (0, 480, 12, 41, 0)], n_bars=1))
     pitches, _ = unpack_active(rows.active)
     assert pitches[1].sum() == 0
+
+
+@st.composite
+def _row_snaps(draw):
+    """Notes (any pitches and instruments, overlaps and repeats included) and the rows' (time,
+    first note not yet added) pairs, both non-decreasing along the rows as piece_to_rows makes them."""
+    n = draw(st.integers(1, 12))
+    starts = sorted(draw(st.lists(st.integers(0, 40), min_size=n, max_size=n)))
+    ends = [s + draw(st.integers(1, 30)) for s in starts]
+    pitches = draw(st.lists(st.sampled_from([0, 1, 7, 8, 40, 94, 95]), min_size=n, max_size=n))
+    instruments = draw(st.lists(st.sampled_from([0, 7, 8, 21, 22]), min_size=n, max_size=n))
+    times = sorted(draw(st.lists(st.integers(0, 80), min_size=1, max_size=20)))
+    firsts = sorted(draw(st.lists(st.integers(0, n), min_size=len(times), max_size=len(times))))
+    notes = np.zeros((n, 5), np.int64)
+    notes[:, P.PITCH], notes[:, P.INSTR] = pitches, instruments
+    return list(zip(times, firsts)), notes, np.array(starts), np.array(ends)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_row_snaps())
+def test_active_sets_equal_the_definition_row_by_row(case):
+    """Row (t, k) holds the pitches and instruments of the notes j < k that end after t."""
+    from mahler_dist.music.rows import _active_sets
+    from mahler_dist.music.vocab import pack_active
+
+    snap_at, notes, starts, ends = case
+    want_p = np.zeros((len(snap_at), 96), bool)
+    want_i = np.zeros((len(snap_at), 23), bool)
+    for r, (t, k) in enumerate(snap_at):
+        for j in range(k):
+            if ends[j] > t:
+                want_p[r, notes[j, P.PITCH]] = want_i[r, notes[j, P.INSTR]] = True
+    np.testing.assert_array_equal(_active_sets(snap_at, notes, starts, ends), pack_active(want_p, want_i))
