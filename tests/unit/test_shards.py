@@ -180,6 +180,25 @@ def test_encode_sample_fields(piano_file):
     np.testing.assert_array_equal(inputs, enc.samples[1].inputs)
 
 
+@pytest.mark.parametrize("source", ["piano/alb_se1.mid", 'odd "quoted" \\ n\u00e4me\n.mid'])
+def test_sample_members_bytes_equal_the_plain_encoders(piano_file, source):
+    """The shard writer's formatted meta.json and cached npy headers are the bytes that json.dumps
+    (sorted keys, compact) and np.save write, for every bar of a real piece."""
+    _, data = piano_file
+    enc = encode_bytes(data, source)
+    members = list(S.sample_members(enc.samples, "ab" * 8, source))
+    assert len(members) == 4 * len(enc.samples)
+    for s, group in zip(enc.samples, (members[i:i + 4] for i in range(0, len(members), 4)), strict=True):
+        key = S.sample_key("ab" * 8, s.bar)
+        assert [n for n, _ in group] == [f"{key}.{f}" for f in S.SAMPLE_FIELDS]
+        want = json.dumps(S.sample_meta(s, "ab" * 8, source), sort_keys=True, separators=(",", ":")).encode()
+        assert group[3][1] == want
+        for (_, got), array in zip(group[:3], (s.active, s.context, s.inputs)):
+            buf = io.BytesIO()
+            np.save(buf, array)
+            assert got == buf.getvalue()
+
+
 # --------------------------------------------------------------------------------------------------
 # The per-file record
 
