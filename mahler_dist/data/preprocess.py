@@ -42,7 +42,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import math
 import os
 import re
 import sys
@@ -58,6 +57,7 @@ import numpy as np
 
 from mahler_dist.config import DataConfig
 from mahler_dist.data import shards as S
+from mahler_dist.data.schedule import plan_encode_tasks
 from mahler_dist.errors import MahlerError, MidiReadError
 
 # --------------------------------------------------------------------------------------------------
@@ -474,11 +474,11 @@ def _encode_all(store: Store, staging: str, input_dir: str, files: list[tuple[st
             duplicates[rel] = first_of[sha]
         else:
             first_of[sha] = rel
-    # Largest files first, so that the last tasks are the short ones (no long tail on one CPU);
-    # an explicit list (not the folder) so that Ray reads exactly the files that were hashed.
-    todo = sorted(((size, rel) for rel, size in files if rel not in duplicates), key=lambda x: (-x[0], x[1]))
-    paths = [f"{input_dir}/{rel}" for _, rel in todo]
-    nblocks = encode_task_count([size for size, _ in todo], nworkers)
+    # An explicit list (not the folder), so that Ray reads exactly the files that were hashed, in
+    # the order that balances the tasks (schedule.py: big tasks first, none too big for one CPU).
+    todo = [(size, rel) for rel, size in files if rel not in duplicates]
+    order, nblocks = plan_encode_tasks([size for size, _ in todo], nworkers)
+    paths = [f"{input_dir}/{todo[i][1]}" for i in order]
     say(f"encoding {len(paths)} files ({len(duplicates)} duplicates skipped) in {nblocks} tasks, "
         f"{nworkers} at a time" + ("" if cap else " (every CPU of the cluster)"))
 
@@ -511,26 +511,6 @@ def _encode_all(store: Store, staging: str, input_dir: str, files: list[tuple[st
         rec["reason"] = f"duplicate of {first}"
         by_path[rel] = rec
     return [by_path[rel] for rel, _ in files]
-
-
-#: Bytes of MIDI per encode task at most (~10 s of one core): tasks short enough for a visible
-#: progress bar and for a lost task to cost little, long enough that Ray Data's ~0.15 s between a
-#: task's end and the next one's start on that CPU (measured) stays a few percent.
-ENCODE_TASK_BYTES = 8 << 20
-
-
-def encode_task_count(sizes: list[int], nworkers: int) -> int:
-    """How many encode tasks for files of `sizes` bytes (sorted largest first) on `nworkers` CPUs.
-
-    read_binary_files cuts the sorted list into that many runs of equal file count, so the tasks
-    come largest first and shrink towards the end (a list schedule: the last ones fill the gaps).
-    Four tasks per CPU keep the tail short: on piano_midi_de + classical_multitrack a simulated
-    schedule with the measured per-file times ends 5% after the ideal with 8 tasks on 2 CPUs,
-    9% with 16, 39% with the 74 that eight files per task gave (Ray Data waits ~0.15 s between
-    tasks). Larger corpora get more tasks, of at most ENCODE_TASK_BYTES each."""
-    if not sizes:
-        return 0
-    return min(len(sizes), max(4 * nworkers, math.ceil(sum(sizes) / ENCODE_TASK_BYTES)))
 
 
 def _plan(records: list[dict], config: DataConfig) -> tuple[list[dict], dict[str, list], dict]:
