@@ -5,12 +5,13 @@
 Measured in one run, on copies of the corpora in a temporary ROOT/input:
 1. the machine: how much faster N busy processes finish N units of pure-Python work than one does
    (2.0 on two free cores; less when the cores are shared or busy - read the ratios against it);
-2. the single-process loop: `encode_bytes` over every file (bytes already in memory), in a child
-   process, with its peak RSS;
-3. Ray on `--cpus` logical CPUs: ray.init, a 5-file corpus cold (new worker processes) and warm
-   (the fixed overhead of the pipeline = its wall time minus the loop's time for those files),
-   then `preprocess` on the whole corpus (warm workers), sampling the RSS of the driver and of
-   every Ray process;
+2. Ray on `--cpus` logical CPUs: ray.init, a 5-file corpus cold (new worker processes) and warm
+   (the fixed overhead of the pipeline = its wall time minus the loop's time for those files);
+3. `--rounds` rounds of: the single-process loop (`encode_bytes` over every file, bytes already in
+   memory, in a fresh child process, with its peak RSS), then `preprocess --force` on the whole
+   corpus (warm workers). The speed of these virtual machines drifts by 20-30% within minutes, so
+   each round's ratio compares two runs made back to back, and the figure is their median; the
+   first Ray round samples the RSS of the driver and of every Ray process;
 4. the output: shard bytes per event row (tar), pieces/*.npz bytes per row, what gzip would make
    of the shards.
 For scale, the original MahlerNet preprocessor: ~15k input notes/s on one core, 1.5 GiB to bin
@@ -83,9 +84,48 @@ def machine_parallelism(procs: int, n: int = 6_000_000) -> float:
     return procs * one / many
 
 
+def _serial_pipeline(root: str) -> dict:
+    """The Ray pipeline's whole work in one process, without Ray: the same functions (encode_record
+    and its pieces/*.npz, the shard plan, write_shard) over every file of ROOT/input, files read
+    first. Ray's speed-up over this is its parallel efficiency on the same work."""
+    from mahler_dist.config import DataConfig
+    from mahler_dist.data import preprocess as PP
+    from mahler_dist.data import shards as S
+
+    config, store = DataConfig(), PP.Store(root)
+    input_dir = store.path(S.INPUT_DIR)
+    out = f"{store.base}-serial"   # beside ROOT, so that the Ray runs never see it
+    pieces_dir = f"{out}/{S.PIECES_DIR}"
+    store.mkdir(pieces_dir)
+    store.mkdir(f"{out}/{S.SHARDS_DIR}")
+    files = [(rel, store.read(f"{input_dir}/{rel}")) for rel, _ in store.list_midi(input_dir)]
+    t = time.perf_counter()
+    records = []
+    for rel, data in files:
+        rec, npz = PP.encode_record(data, rel, config.max_rows_per_bar)
+        if npz is not None:
+            store.write(f"{pieces_dir}/{rec['piece']}.npz", npz)
+        records.append(rec)
+    encode_s = time.perf_counter() - t
+    _, plans, _ = PP._plan(records, config)
+    samples = 0
+    for split in S.SPLITS:
+        for i, items in enumerate(plans[split]):
+            path = f"{out}/{S.SHARDS_DIR}/{S.shard_name(split, i)}"
+            samples += PP.write_shard(store, pieces_dir, path, [tuple(x) for x in items], config.max_rows_per_bar)["nsamples"]
+    wall = time.perf_counter() - t
+    store.remove(out)
+    return {"wall": wall, "encode_s": encode_s, "shards_s": wall - encode_s, "samples": samples}
+
+
 def run_loop(paths: list[Path]) -> dict:
     with mp.get_context("spawn").Pool(1) as pool:
         return pool.apply(_loop, ([str(p) for p in paths],))
+
+
+def run_serial_pipeline(root: Path) -> dict:
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_serial_pipeline, (str(root),))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -141,6 +181,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cpus", type=int, default=2, help="logical CPUs of the local Ray (and processes compared)")
     ap.add_argument("--corpora", nargs="+", default=["piano_midi_de", "classical_multitrack"])
+    ap.add_argument("--rounds", type=int, default=3, help="loop / Ray pairs measured back to back (median ratio)")
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -164,11 +205,7 @@ def main() -> None:
         print(f"machine: {args.cpus} busy processes do {fig['machine_parallelism']:.2f}x the work of one "
               f"(ideal {args.cpus:.1f}; the ceiling for any parallel speedup on this box right now)")
 
-        loop = run_loop([big_root / "input" / rel for _, rel in sources])
         loop_small = run_loop([small_root / "input" / rel for _, rel in small])
-        fig["loop"] = loop
-        print(f"single-process loop: {loop['wall']:.1f} s  {loop['files'] / loop['wall']:.1f} files/s  "
-              f"{loop['notes'] / loop['wall']:,.0f} notes/s  peak RSS {loop['maxrss_mib']:.0f} MiB")
 
         import ray
 
@@ -193,14 +230,34 @@ def main() -> None:
               f"(new worker processes), {warm:.1f} s warm, vs {loop_small['wall']:.2f} s in the loop "
               f"-> {warm - loop_small['wall']:.1f} s fixed per run (warm), {cold - loop_small['wall']:.1f} s (cold)")
 
-        sampler = RssSampler()
-        sampler.start()
-        t = time.perf_counter()
-        summary = preprocess(big_root, config, progress=True)
-        wall = time.perf_counter() - t
-        sampler.stop()
+        rounds = []
+        for r in range(args.rounds):
+            loop = run_loop([big_root / "input" / rel for _, rel in sources])
+            print(f"round {r + 1}: single-process loop {loop['wall']:.1f} s  {loop['files'] / loop['wall']:.1f} files/s  "
+                  f"{loop['notes'] / loop['wall']:,.0f} notes/s  peak RSS {loop['maxrss_mib']:.0f} MiB", flush=True)
+            serial = run_serial_pipeline(big_root)
+            print(f"round {r + 1}: the same pipeline in one process (no Ray) {serial['wall']:.1f} s: encode + pieces "
+                  f"{serial['encode_s']:.1f} s, shards {serial['shards_s']:.1f} s", flush=True)
+            sampler = RssSampler() if r == 0 else None
+            if sampler:
+                sampler.start()
+            t = time.perf_counter()
+            summary = preprocess(big_root, config, force=True, progress=r == 0)
+            wall = time.perf_counter() - t
+            if sampler:
+                sampler.stop()
+                peaks = sampler
+            rounds.append({"loop_s": loop["wall"], "serial_s": serial["wall"], "serial_shards_s": serial["shards_s"],
+                           "ray_s": wall, "ratio": loop["wall"] / wall, "ratio_vs_serial": serial["wall"] / wall,
+                           "loop": loop})
+            print(f"round {r + 1}: Ray pipeline {wall:.1f} s -> {loop['wall'] / wall:.2f}x the loop, "
+                  f"{serial['wall'] / wall:.2f}x the same pipeline in one process", flush=True)
         ray.shutdown()
         print(summary)
+        median = sorted(rounds, key=lambda x: x["ratio"])[len(rounds) // 2]
+        loop, wall, sampler = median["loop"], median["ray_s"], peaks
+        fig["rounds"] = [{k: v for k, v in x.items() if k != "loop"} for x in rounds]
+        fig["loop"] = loop
 
         index = S.read_index(big_root)
         shard_bytes = sum(s["filesize"] for s in index["shardlist"])
@@ -226,8 +283,13 @@ def main() -> None:
               f"  ({loop['notes'] / loop['wall'] / 15000:.1f}x the original's ~15k notes/s per core)")
         print(f"Ray, {args.cpus} CPUs    : {r['files_per_s']:7.1f} files/s  {r['notes_per_s']:9,.0f} notes/s"
               f"  (whole pipeline: encode, pieces, shards, manifest, index)")
-        print(f"ratio          : {ratio:.2f}x the single-process loop (goal >= 1.6x); this machine's ceiling "
+        each = ", ".join(f"{x['ratio']:.2f}" for x in rounds)
+        vs_serial = sorted(x["ratio_vs_serial"] for x in rounds)[len(rounds) // 2]
+        fig["ray"]["speedup_vs_serial_pipeline"] = vs_serial
+        print(f"ratio          : {ratio:.2f}x the single-process loop (goal >= 1.6x; median of {each}); this machine's ceiling "
               f"{fig['machine_parallelism']:.2f}x -> {100 * r['share_of_machine_ceiling']:.0f}% of it")
+        print(f"same work      : {vs_serial:.2f}x the whole pipeline (encode, pieces, shards) run in one process "
+              f"without Ray (median) -> {100 * vs_serial / fig['machine_parallelism']:.0f}% of the machine's ceiling")
         print(f"fixed overhead : ray.init {fig['ray_init_s']:.1f} s + {fig['overhead']['fixed_warm_s']:.1f} s per run "
               f"(warm), {fig['overhead']['fixed_cold_s']:.1f} s the first time (worker start-up)")
         print(f"bytes per row  : shards {o['shard_bytes_per_row']:.0f} B ({o['shard_bytes_per_sample']:.0f} B per bar "
