@@ -13,11 +13,12 @@ Stages (each runs on whatever cluster `ray.init()` reaches; an embedded local Ra
           record per file. A file that cannot be read becomes a rejected record (reason kept); an
           unexpected exception in the representation code does too, flagged as an internal error
           (a bug to fix, listed in the summary), so one odd file never fails the corpus. Blocks
-          themselves never fail silently: DataContext.max_errored_blocks stays 0;
+          themselves never fail silently: DataContext.max_errored_blocks stays 0. The files are
+          listed in the order schedule.py plans, so that the equal-count tasks balance by bytes;
 3. plan   on the driver, from the records alone: split by piece hash, samples sorted by key, cut into
           shards of `shard_samples` (shards.plan_shards) - so the shards are the same whatever the
           number of nodes, tasks or their timing;
-4. write  one Ray task per shard loads its pieces' npz and writes the tar (TarShardWriter: the bytes of
+4. write  one Ray task per shard loads its pieces' rows and writes the tar (TarShardWriter: the bytes of
           webdataset.TarWriter with a fixed mtime, so a rebuild gives byte-identical shards). Memory
           stays bounded by one shard's pieces per task and one small record per file on the driver,
           whatever the corpus size; the sample arrays never travel through the object store or the
