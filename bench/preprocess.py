@@ -184,6 +184,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="loop / Ray pairs measured back to back (median ratio)")
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
     sources = []
