@@ -62,3 +62,15 @@ def test_big_tasks_come_first_and_small_ones_last():
     run_bytes = [sum(r) for r in _runs(sizes, order, ntasks)]
     assert ntasks == 8 and run_bytes[0] > run_bytes[-1]
     assert run_bytes == sorted(run_bytes, reverse=True)
+
+
+def test_a_large_corpus_gets_tasks_of_bounded_size():
+    """2 GB of log-normal files on 2 CPUs: 236 tasks, none much over ENCODE_TASK_BYTES (a task
+    of a quarter of the corpus would freeze the progress bar and cost minutes when lost)."""
+    rng = np.random.default_rng(2)
+    sizes = rng.lognormal(11, 1, 20_000).astype(int).tolist()
+    order, ntasks = plan_encode_tasks(sizes, 2)
+    run_bytes = [sum(r) for r in _runs(sizes, order, ntasks)]
+    assert ntasks == -(-sum(sizes) // ENCODE_TASK_BYTES)
+    assert max(run_bytes) <= ENCODE_TASK_BYTES + max(sizes)
+    assert _list_schedule(run_bytes, 2) <= 1.02 * sum(sizes) / 2
