@@ -298,7 +298,8 @@ def write_shard(store: Store, pieces_dir: str, path: str, items: list, max_rows:
 
 class TarShardWriter:
     """Writes WebDataset samples as a POSIX ustar stream: the bytes `webdataset.TarWriter(encoder=False,
-    mtime=0)` (via tarfile, USTAR format) writes - one member per field in sorted field order, mode 0444,
+    mtime=0)` writes for ASCII member names, as every sample key is (tarfile's USTAR format for any
+    name; webdataset adds PAX headers for others) - one member per field in sorted field order, mode 0444,
     owner bigdata, mtime 0, so a rebuild gives byte-identical shards - at 10x its speed (tarfile's
     header code was 80% of the shard stage) and without importing webdataset, which imports torch
     (1.4 s per worker process). tests/unit/test_shards.py checks the bytes against tarfile's."""
@@ -335,8 +336,9 @@ class TarShardWriter:
         if not m:
             return
         encoded = [n.encode() for n in names]
-        if max(map(len, encoded)) >= 100:
-            raise ValueError(f"member name too long for a ustar header: {max(names, key=len)}")
+        longest = max(range(m), key=lambda i: len(encoded[i]))
+        if len(encoded[longest]) >= 100:
+            raise ValueError(f"member name too long for a ustar header: {names[longest]}")
         sizes = np.fromiter(map(len, payloads), np.int64, m)
         head = np.empty((m, 512), np.uint8)
         head[:] = self._TEMPLATE_ARRAY
@@ -483,12 +485,15 @@ def _encode_all(store: Store, staging: str, input_dir: str, files: list[tuple[st
     say(f"encoding {len(paths)} files ({len(duplicates)} duplicates skipped) in {nblocks} tasks, "
         f"{nworkers} at a time" + ("" if cap else " (every CPU of the cluster)"))
 
-    # One fused operator (read + encode) feeds take_all: no downstream operator to reserve CPUs
-    # for. With reservation on, Ray Data holds back half the CPUs until the first task returns
-    # (measured: on 2 CPUs the second task starts only when the first ends, ~1 s lost per run).
+    # Uncapped, the read is fused into the encode: one operator feeding take_all, nothing
+    # downstream to reserve CPUs for, and with reservation on Ray Data holds back half the CPUs
+    # until the first task returns (measured: on 2 CPUs the second task starts only when the first
+    # ends, ~1 s lost per run). Capped, read and encode are two operators: the reservation (and
+    # the budget backpressure that comes with it) keeps the reads from running ahead of the encode.
     ctx = DataContext.get_current()
     saved = ctx.max_errored_blocks, ctx.enable_progress_bars, ctx.op_resource_reservation_enabled
-    ctx.max_errored_blocks, ctx.enable_progress_bars, ctx.op_resource_reservation_enabled = 0, say.enabled, False
+    ctx.max_errored_blocks, ctx.enable_progress_bars = 0, say.enabled
+    ctx.op_resource_reservation_enabled = saved[2] and cap is not None
     try:
         ds = ray.data.read_binary_files(paths, include_paths=True, filesystem=store.fs, override_num_blocks=nblocks)
         ds = ds.map_batches(_encode_batch, batch_size=None, batch_format="numpy",

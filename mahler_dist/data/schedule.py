@@ -7,8 +7,8 @@ read_binary_files cuts its path list into `ntasks` runs of (nearly) equal file c
 each, and Ray Data starts them in list order on whichever CPU is free. Encoding time follows file
 size (correlation 0.95 on the team corpora), so the plan fills each run up to a byte target
 (byte_targets): the targets shrink along the list, so the big tasks start first and the small last
-ones fill the gaps; no task is meant to hold more than 1/(2 * nworkers) of the bytes or more than
-ENCODE_TASK_BYTES, so a corpus with a few huge files cannot leave one CPU working while the others
+ones fill the gaps; no task is meant to hold much more than 1/(2 * nworkers) of the bytes or than
+ENCODE_TASK_BYTES (runs have equal file counts, so targets guide rather than bound), so a corpus with a few huge files cannot leave one CPU working while the others
 wait. Files are placed largest first, each into the run with the most bytes still missing.
 
 Simulated with the measured per-file times of piano_midi_de + classical_multitrack (bench/
@@ -24,7 +24,7 @@ from __future__ import annotations
 import heapq
 import math
 
-#: Bytes of MIDI per encode task at most (~10 s of one core): short enough for a visible
+#: Bytes of MIDI per encode task, about (~10 s of one core): short enough for a visible
 #: progress bar and for a lost task to cost little, long enough that Ray Data's ~0.15 s between
 #: one task's end and the next one's start on that CPU (measured) stays a few percent.
 ENCODE_TASK_BYTES = 8 << 20
@@ -47,7 +47,7 @@ def run_lengths(nfiles: int, ntasks: int) -> list[int]:
 
 def byte_targets(total: int, ntasks: int, nworkers: int) -> list[float]:
     """Guided self-scheduling: each task takes 1/(2 * nworkers) of the bytes still unplanned, at
-    most ENCODE_TASK_BYTES; scaled to add up to `total`. A large corpus gets equal tasks and a
+    most ENCODE_TASK_BYTES, then all are scaled up a little to add up to `total`. A large corpus gets equal tasks and a
     tail of 2 * nworkers shrinking ones; a small one shrinks from the first task on."""
     targets, remaining = [], float(total)
     for _ in range(ntasks):

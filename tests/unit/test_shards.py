@@ -289,3 +289,9 @@ def test_recover_drops_an_incomplete_staging_folder(tmp_path):
     (staging / "shards" / "train-000000.tar").write_text("partial")
     recover(Store(tmp_path), _quiet)
     assert _tags(tmp_path) == {"old"} and not staging.exists()
+
+
+def test_tar_writer_names_the_member_whose_name_is_too_long():
+    tar = TarShardWriter(io.BytesIO())
+    with pytest.raises(ValueError, match="é" * 50):
+        tar.add_many(["a" * 60, "é" * 50], [b"", b""])   # 60 characters fit; 50 two-byte ones do not
