@@ -149,14 +149,16 @@ def _active_sets(snap_at: list[tuple[int, int]], notes: np.ndarray, starts: np.n
     live = added < removed
     # One bit column per pitch, then per instrument (pack_active's layout), laid out column-major
     # so that the running sum goes along contiguous memory: 4x faster than summing down the rows
-    # of a row-major array, and in int16 (numpy's cumsum would otherwise widen to int64).
+    # of a row-major array, and in int16 (numpy's cumsum would otherwise widen to int64) unless
+    # so many notes sound at once that a count could pass 32,767.
     bits = np.concatenate([notes[live, P.PITCH], NUM_PITCHES + notes[live, P.INSTR]])
     width = n_rows + 1
-    delta = np.zeros((ACTIVE_BYTES * 8, width), dtype=np.int16)
+    count_dtype = np.int16 if np.count_nonzero(live) <= np.iinfo(np.int16).max else np.int32
+    delta = np.zeros((ACTIVE_BYTES * 8, width), dtype=count_dtype)
     flat = delta.reshape(-1)
     np.add.at(flat, bits * width + np.tile(added[live], 2), 1)
     np.add.at(flat, bits * width + np.tile(removed[live], 2), -1)
-    np.cumsum(delta, axis=1, dtype=np.int16, out=delta)
+    np.cumsum(delta, axis=1, dtype=count_dtype, out=delta)
     sounding = (delta[:, :n_rows] > 0).view(np.uint8).reshape(ACTIVE_BYTES, 8, n_rows)
     packed = sounding[:, 0].copy()                    # little bit order, as np.packbits(bitorder="little")
     for b in range(1, 8):

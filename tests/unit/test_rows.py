@@ -181,3 +181,15 @@ def test_active_sets_equal_the_definition_row_by_row(case):
             if ends[j] > t:
                 want_p[r, notes[j, P.PITCH]] = want_i[r, notes[j, P.INSTR]] = True
     np.testing.assert_array_equal(_active_sets(snap_at, notes, starts, ends), pack_active(want_p, want_i))
+
+
+def test_active_sets_count_past_the_int16_range():
+    """33,000 notes of one pitch and instrument sounding at once (adversarial MIDI): still active."""
+    from mahler_dist.music.rows import _active_sets
+
+    n = 33_000
+    notes = np.zeros((n, 5), np.int64)
+    notes[:, P.PITCH], notes[:, P.INSTR] = 40, 3
+    active = _active_sets([(50, n)], notes, np.zeros(n, np.int64), np.full(n, 100, np.int64))
+    pitches, instruments = unpack_active(active)
+    assert np.flatnonzero(pitches[0]).tolist() == [40] and np.flatnonzero(instruments[0]).tolist() == [3]
