@@ -14,7 +14,7 @@ wait. Files are placed largest first, each into the run with the most bytes stil
 Simulated with the measured per-file times of piano_midi_de + classical_multitrack (bench/
 RESULTS.md): 2 CPUs end 5% after the ideal, 8 CPUs 22% (sorted runs: 37%); 10,000 Pareto-sized
 files on 8 CPUs: 2% after the ideal (sorted runs: 3.8x the ideal); 20,000 log-normal files
-(2 GB) on 2 to 32 CPUs: within 6% of the ideal, no task over 9.3 MB.
+(2 GB) on 2 to 32 CPUs: within 6% of the ideal, every task under 10 MB.
 
 Pure Python: no Ray, so it is unit-tested on its own.
 """
