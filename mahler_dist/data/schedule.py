@@ -7,9 +7,10 @@ read_binary_files cuts its path list into `ntasks` runs of (nearly) equal file c
 each, and Ray Data starts them in list order on whichever CPU is free. Encoding time follows file
 size (correlation 0.95 on the team corpora), so the plan fills each run up to a byte target
 (byte_targets): the targets shrink along the list, so the big tasks start first and the small last
-ones fill the gaps; no task is meant to hold much more than 1/(2 * nworkers) of the bytes or than
-ENCODE_TASK_BYTES (runs have equal file counts, so targets guide rather than bound), so a corpus with a few huge files cannot leave one CPU working while the others
-wait. Files are placed largest first, each into the run with the most bytes still missing.
+ones fill the gaps. No task is meant to hold much more than 1/(2 * nworkers) of the bytes or than
+ENCODE_TASK_BYTES (runs have equal file counts, so targets guide rather than bound), so a corpus
+with a few huge files cannot leave one CPU working while the others wait. Files are placed largest
+first, each into the run with the most bytes still missing.
 
 Simulated with the measured per-file times of piano_midi_de + classical_multitrack (bench/
 RESULTS.md): 2 CPUs end 5% after the ideal, 8 CPUs 22% (sorted runs: 37%); 10,000 Pareto-sized
@@ -47,8 +48,8 @@ def run_lengths(nfiles: int, ntasks: int) -> list[int]:
 
 def byte_targets(total: int, ntasks: int, nworkers: int) -> list[float]:
     """Guided self-scheduling: each task takes 1/(2 * nworkers) of the bytes still unplanned, at
-    most ENCODE_TASK_BYTES, then all are scaled up a little to add up to `total`. A large corpus gets equal tasks and a
-    tail of 2 * nworkers shrinking ones; a small one shrinks from the first task on."""
+    most ENCODE_TASK_BYTES, then all are scaled up a little to add up to `total`. A large corpus
+    gets equal tasks and a tail of 2 * nworkers shrinking ones; a small one shrinks from the first."""
     targets, remaining = [], float(total)
     for _ in range(ntasks):
         targets.append(min(ENCODE_TASK_BYTES, remaining / (2 * max(nworkers, 1))))
