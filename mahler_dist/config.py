@@ -22,7 +22,7 @@ import yaml
 from mahler_dist.errors import ConfigError
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class DataConfig:
     """Preprocessing: MIDI -> rows -> shards."""
 
@@ -38,7 +38,7 @@ class DataConfig:
     """Salt for the content-hash split; change it to draw another split."""
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class ModelConfig:
     """The C-VAE architecture (reference section 3). Defaults = the original's example config."""
 
@@ -82,7 +82,7 @@ class ModelConfig:
     """Std of the normal init of output and VAE weights (the original's N(0, 0.001^2))."""
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class LossConfig:
     """Losses (reference section 4)."""
 
@@ -98,7 +98,7 @@ class LossConfig:
     """Per-step decay of the gap to beta_max, in (0, 1)."""
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class TrainConfig:
     """Optimisation and the training loop."""
 
@@ -134,7 +134,7 @@ class TrainConfig:
     """Samples sorted by length together when bucketing batches."""
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class GenerateConfig:
     """Sampling defaults (per-property temperatures, reference 6.4 `generation_temperature`)."""
 
@@ -144,7 +144,7 @@ class GenerateConfig:
     instrument_temperature: float = 1.0
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class Config:
     """The whole configuration of a run."""
 

@@ -64,3 +64,13 @@ def test_unreadable_and_invalid_yaml(tmp_path):
 def test_unknown_preset_lists_the_available_ones():
     with pytest.raises(ConfigError, match="no config file or preset named 'huge'"):
         resolve_config_path("huge")
+
+
+def test_misspelt_attribute_fails_instead_of_adding_a_silent_field():
+    """slots=True: `config.train.epoch = 3` (for `epochs`) must raise, not be ignored."""
+    from mahler_dist.config import Config
+
+    config = Config()
+    for section, wrong in (("train", "epoch"), ("data", "val_frac"), ("model", "zdim")):
+        with pytest.raises(AttributeError):
+            setattr(getattr(config, section), wrong, 3)
