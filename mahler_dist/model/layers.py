@@ -4,7 +4,8 @@ TF defaults that PyTorch does not share, and that these helpers restore:
 - LSTMBlockCell: one bias per gate (PyTorch's LSTM has two, b_ih and b_hh), forget-gate bias +1,
   Glorot-uniform kernel over the stacked [input; state] -> 4H matrix;
 - dense layers: Glorot-uniform kernel, zero bias (output and VAE layers: N(0, init_std^2));
-- BatchNorm: momentum 0.99 (PyTorch's 0.01), epsilon 1e-3.
+- BatchNorm: momentum 0.99 (PyTorch's 0.01), epsilon 1e-3 (and, unlike both, a batch of one
+  sample trains on the running statistics instead of failing).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 def tf_lstm(input_size: int, hidden: int, layers: int, dropout: float) -> nn.LSTM:
@@ -56,9 +58,33 @@ def normal_linear(n_in: int, n_out: int, std: float) -> nn.Linear:
     return layer
 
 
+class SmallBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm1d that also trains on a batch with one value per channel (one bar).
+
+    Batch statistics of a single sample are meaningless: its variance is 0, so TF would output
+    beta alone (z would not reach the decoder) and PyTorch raises. The loader avoids one-bar
+    batches where it can (data/loader.py), but some cannot be avoided (a rank with one sample, a
+    bar too long to share the row budget), and none may crash a step. Such a batch is normalised
+    with the running statistics, as in eval mode, and leaves them unchanged; gradients still
+    reach gamma, beta and the layers before. With two or more values per channel this is exactly
+    nn.BatchNorm1d (the original's maths). Chosen over a batch-free normalisation (LayerNorm)
+    because that would change the model and its checkpoints, not just this corner.
+    Under DDP the statistics are per rank (no SyncBatchNorm), as the original's per-GPU batch:
+    a one-bar batch on one rank falls back on that rank alone.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        values_per_channel = x.numel() // max(x.shape[1], 1)
+        if self.training and values_per_channel == 1:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                training=False, momentum=0.0, eps=self.eps)
+        return super().forward(x)
+
+
 def tf_batch_norm(features: int) -> nn.BatchNorm1d:
-    """BatchNorm with TF's defaults: moving average 0.99 (= PyTorch momentum 0.01), eps 1e-3."""
-    return nn.BatchNorm1d(features, eps=1e-3, momentum=0.01)
+    """BatchNorm with TF's defaults: moving average 0.99 (= PyTorch momentum 0.01), eps 1e-3;
+    safe on one-sample batches (SmallBatchNorm1d)."""
+    return SmallBatchNorm1d(features, eps=1e-3, momentum=0.01)
 
 
 def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
