@@ -102,7 +102,7 @@ def _serial_pipeline(root: str) -> dict:
     t = time.perf_counter()
     records = []
     for rel, data in files:
-        rec, npz = PP.encode_record(data, rel, config.max_rows_per_bar)
+        rec, npz = PP.encode_record(data, rel, config)
         if npz is not None:
             store.write(f"{pieces_dir}/{rec['piece']}.npz", npz)
         records.append(rec)
@@ -264,8 +264,9 @@ def main() -> None:
         index = S.read_index(big_root)
         shard_bytes = sum(s["filesize"] for s in index["shardlist"])
         shard_rows = sum(s["rows"] for s in index["shardlist"])
-        piece_bytes = sum(p.stat().st_size for p in (big_root / "pieces").iterdir())
-        first = big_root / "shards" / index["shardlist"][0]["url"]
+        build = Path(S.build_root(big_root, index["build"]))
+        piece_bytes = sum(p.stat().st_size for p in (build / "pieces").iterdir())
+        first = build / "shards" / index["shardlist"][0]["url"]
         gzip_ratio = len(zlib.compress(first.read_bytes(), 6)) / first.stat().st_size
         ratio = loop["wall"] / wall
         fig["ray"] = {"wall_s": wall, "files_per_s": len(sources) / wall, "notes_per_s": summary.notes_in / wall,

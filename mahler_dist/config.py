@@ -36,6 +36,17 @@ class DataConfig:
     """Bars with more event rows than this are dropped from training (counted in the manifest)."""
     split_seed: int = 0
     """Salt for the content-hash split; change it to draw another split."""
+    max_file_bytes: int = 16 << 20
+    """Files larger than this are rejected unread (the largest real corpus file: 0.4 MB)."""
+    max_notes: int = 500_000
+    """Files with more notes are rejected before quantisation (the real corpora: at most 45,736)."""
+    max_bars: int = 20_000
+    """Files whose metre map allows more bars are rejected before quantisation (the real corpora:
+    at most 1,734; sample keys hold 5 digits, so at most 99,999)."""
+
+
+#: The DataConfig fields that bound the work one input file may cost (each must be > 0).
+DATA_LIMITS = ("max_file_bytes", "max_notes", "max_bars")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -267,6 +278,9 @@ def _semantic_errors(c: Config) -> list[str]:
         errors.append(f"loss.beta_rate: must be in (0, 1) with beta_annealing, got {lo.beta_rate}")
     if not 0 <= c.data.val_fraction + c.data.test_fraction < 1:
         errors.append("data.val_fraction + data.test_fraction must be in [0, 1)")
+    errors += [f"data.{k}: must be > 0, got {getattr(c.data, k)}" for k in DATA_LIMITS if getattr(c.data, k) <= 0]
+    if c.data.max_bars > 99_999:
+        errors.append(f"data.max_bars: at most 99999 (sample keys hold 5 digits), got {c.data.max_bars}")
     if m.learned_prior and not (m.use_vae and m.use_context):
         errors.append("model.learned_prior: a prior conditioned on the context needs "
                       "model.use_vae: true and model.use_context: true")

@@ -1,12 +1,28 @@
-"""The preprocessed data's contract: sample schema, shard naming, the split, index.json, pieces/*.npz.
+"""The preprocessed data's contract: sample schema, shard naming, the split, index.json, pieces/*.npz,
+and the READ API that pins a reader to one build.
 
 Pure Python + numpy (no Ray, no webdataset): the preprocessor writes with these helpers and the
 loader, the generator and the tests read with them.
 
-    ROOT/manifest.jsonl                 one row per input file (MANIFEST_FIELDS)
-    ROOT/shards/{split}-%06d.tar        WebDataset; one sample per bar, key sample_key(piece, bar)
-    ROOT/shards/index.json              read_index(): shard list (wids), splits, hashes, corpus stats
-    ROOT/pieces/<piece>.npz             load_piece(): the whole piece (rows + notes), no pickle
+    ROOT/CURRENT                                pointer (JSON): {"build", "created", "index_sha256", ...}
+    ROOT/builds/<build>/manifest.jsonl          one row per input file
+    ROOT/builds/<build>/shards/{split}-%06d.tar WebDataset; one sample per bar, key sample_key(piece, bar)
+    ROOT/builds/<build>/shards/index.json       read_index(): shard list (wids), splits, hashes, stats, "build"
+    ROOT/builds/<build>/pieces/<piece>.npz      load_piece(): the whole piece (rows + notes), no pickle
+
+A build is written once and never modified; publishing a build is one small write of CURRENT
+(data/publish.py). A reader resolves CURRENT once (`current_build`) and then reads only that build,
+so a build published meanwhile never mixes into what it reads:
+
+    build = current_build(root)                 # MahlerError if ROOT was never preprocessed
+    index = read_index(root, build)             # index["build"] == build
+    urls = shard_urls(root, "train", index)     # (the index knows its build)
+    manifest = read_manifest(root, build); stored = load_piece(root, piece_id, build)
+
+`build=None` means "resolve CURRENT now" (fine for one call; pass the build to several). The
+layout before builds (ROOT/shards/index.json, ROOT/pieces/, ROOT/manifest.jsonl, no CURRENT) is
+still read, as the build LEGACY_BUILD; the next preprocess run publishes a build beside it and
+removes it once it is out of the kept builds (publish.KEEP_BUILDS).
 
 A sample's tar members are `<key>.active.npy` (uint8 [Ti, 15]), `<key>.context.npy` (int8 [Tc, 5]),
 `<key>.inputs.npy` (int8 [Ti, 5]) and `<key>.meta.json` ({"piece", "bar", "metre", "rows",
@@ -33,6 +49,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from mahler_dist.errors import MahlerError
 from mahler_dist.music.piece import Bar, Piece
 from mahler_dist.music.rows import BarSample, PieceRows, bar_windows
 from mahler_dist.music.timing import Metre
@@ -44,6 +61,10 @@ SHARD_PATTERN = "{split}-{index:06d}.tar"
 SHARD_RE = re.compile(r"^(train|val|test)-(\d{6})\.tar$")
 INPUT_DIR, SHARDS_DIR, PIECES_DIR = "input", "shards", "pieces"
 INDEX_NAME, MANIFEST_NAME = "index.json", "manifest.jsonl"
+BUILDS_DIR, CURRENT_NAME = "builds", "CURRENT"
+#: The build id of the layout before builds (output directly under ROOT, no CURRENT pointer).
+LEGACY_BUILD = "legacy"
+_BUILD_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_-]{0,63}$")
 MIDI_EXTENSIONS = (".mid", ".midi")
 #: Tar members of one sample (suffixes after the key), in the order TarWriter writes them.
 SAMPLE_FIELDS = ("active.npy", "context.npy", "inputs.npy", "meta.json")
@@ -107,13 +128,28 @@ def config_hash(config: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def sample_code_files() -> list[Path]:
+    """Every module whose code shapes a written sample, piece or manifest row: the representation
+    (music/*.py), this module (sample schema, npz, windows) and the code that runs in the encode
+    and shard tasks (data/build_tasks.py). The driver-side pipeline (planning, publication, the
+    lock) is left out on purpose: changing it does not change a byte of a sample."""
+    package = Path(__file__).resolve().parent.parent
+    return sorted(package.glob("music/*.py")) + [package / "data" / "shards.py", package / "data" / "build_tasks.py"]
+
+
 @lru_cache(maxsize=1)
 def encoder_hash() -> str:
-    """Hash of the representation code (mahler_dist/music/*.py): shards made by other code are stale."""
-    music = Path(__file__).resolve().parent.parent / "music"
+    """Hash of the code that encodes and writes samples (sample_code_files): output made by other
+    code is stale."""
+    return code_hash(sample_code_files())
+
+
+def code_hash(paths: Iterable[Path]) -> str:
+    package = Path(__file__).resolve().parent.parent
     h = hashlib.sha256()
-    for path in sorted(music.glob("*.py")):
-        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    for path in paths:
+        name = path.relative_to(package).as_posix() if path.is_relative_to(package) else path.name
+        h.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()[:16]
 
 
@@ -130,12 +166,35 @@ def input_hash(entries: Iterable[tuple[str, str]]) -> str:
 
 
 def written_bars(rows: PieceRows, max_rows: int) -> np.ndarray:
-    """Indices of the bars that become samples: those with at most `max_rows` rows."""
-    return np.flatnonzero(np.diff(rows.bar_starts) <= max_rows)
+    """Indices of the bars that become samples: those with at most `max_rows` rows whose context
+    (the previous bar, or the one START row at a chunk's first bar) has at most `max_rows` rows
+    too - a bar dropped as an input must not come back as the next bar's context."""
+    per_bar = np.diff(rows.bar_starts)
+    return np.flatnonzero((per_bar <= max_rows) & context_fits(rows, max_rows))
+
+
+def context_fits(rows: PieceRows, max_rows: int) -> np.ndarray:
+    """bool [num_bars]: whether each bar's context has at most `max_rows` rows (bar_windows' rule:
+    a chunk's first bar has the START row, every other bar the previous bar)."""
+    per_bar = np.diff(rows.bar_starts)
+    fits = np.ones(len(per_bar), dtype=bool)
+    fits[1:] = per_bar[:-1] <= max_rows
+    return fits | np.asarray(rows.chunk_start, dtype=bool)[: len(per_bar)]
+
+
+def bar_counts(rows: PieceRows, max_rows: int) -> dict[str, int]:
+    """{"samples", "bars_too_long", "contexts_too_long"} of a piece: every bar is exactly one of
+    written, too long itself, or fine but with a too-long context."""
+    per_bar = np.diff(rows.bar_starts)
+    too_long = per_bar > max_rows
+    context_too_long = ~too_long & ~context_fits(rows, max_rows)
+    return {"samples": int(len(per_bar) - too_long.sum() - context_too_long.sum()),
+            "bars_too_long": int(too_long.sum()), "contexts_too_long": int(context_too_long.sum())}
 
 
 def piece_samples(rows: PieceRows, max_rows: int) -> list[BarSample]:
-    """The samples written for a piece, in bar order (bar_windows minus the too-long bars)."""
+    """The samples written for a piece, in bar order (bar_windows minus the bars that are too long
+    or whose context is)."""
     keep = set(written_bars(rows, max_rows).tolist())
     return [s for s in bar_windows(rows) if s.bar in keep]
 
@@ -232,25 +291,80 @@ def build_index(shards: list[dict], splits: dict[str, dict], *, config_hash: str
             **extra}
 
 
-def read_index(root: str | Path) -> dict:
-    """ROOT/shards/index.json; raises FileNotFoundError when ROOT has no complete preprocessed data."""
-    index = json.loads(_read_bytes(join(root, SHARDS_DIR, INDEX_NAME)))
+def current_build(root: str | Path) -> str:
+    """The id of the build ROOT/CURRENT points to now (LEGACY_BUILD for the layout before builds).
+    Raises MahlerError naming ROOT when it holds no published build."""
+    pointer = read_pointer(root)
+    if pointer is not None:
+        return pointer["build"]
+    if any(_exists(join(root, name)) for name in (f"{SHARDS_DIR}/{INDEX_NAME}", PIECES_DIR, MANIFEST_NAME)):
+        return LEGACY_BUILD   # the layout before builds (or a ROOT made by hand, as tests do)
+    raise MahlerError(f"{root}: no preprocessed data (no {CURRENT_NAME} and no {SHARDS_DIR}/{INDEX_NAME}); "
+                      f"run `mahler preprocess {root}` first")
+
+
+def read_pointer(root: str | Path) -> dict | None:
+    """ROOT/CURRENT as a dict, or None when there is none. A pointer that does not parse is an error
+    (it is written whole, so a torn one means someone else wrote it)."""
+    try:
+        data = _read_bytes(join(root, CURRENT_NAME))
+    except FileNotFoundError:
+        return None
+    try:
+        pointer = json.loads(data)
+        check_build_id(pointer["build"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise MahlerError(f"{join(root, CURRENT_NAME)}: not a build pointer ({e}); "
+                          f"run `mahler preprocess {root} --force`") from None
+    return pointer
+
+
+def check_build_id(build: str) -> str:
+    """A build id is a short name of letters, digits, '-' and '_' (never a path)."""
+    if not isinstance(build, str) or not _BUILD_RE.match(build):
+        raise ValueError(f"not a build id: {build!r}")
+    return build
+
+
+def build_root(root: str | Path, build: str | None = None) -> str:
+    """The folder that holds one build's shards/, pieces/ and manifest.jsonl."""
+    build = current_build(root) if build is None else check_build_id(build)
+    return str(root).rstrip("/") if build == LEGACY_BUILD else join(root, BUILDS_DIR, build)
+
+
+def read_index(root: str | Path, build: str | None = None) -> dict:
+    """A build's shards/index.json (build=None: the current one), with "build" set to its id.
+    Raises MahlerError when ROOT was never preprocessed, FileNotFoundError when that build is gone.
+    Resolved through CURRENT, the index's bytes are checked against the pointer's hash."""
+    pointer = read_pointer(root) if build is None else None
+    if build is None:
+        build = pointer["build"] if pointer else current_build(root)
+    data = _read_bytes(join(build_root(root, build), SHARDS_DIR, INDEX_NAME))
+    if pointer and pointer.get("index_sha256") not in (None, hashlib.sha256(data).hexdigest()):
+        raise MahlerError(f"{root}: the index of build {build} does not match {CURRENT_NAME}'s hash "
+                          f"(written by another program?); run `mahler preprocess {root} --force`")
+    index = json.loads(data)
     if index.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{root}: shard format version {index.get('format_version')}, expected {FORMAT_VERSION};"
                          " run `mahler preprocess ROOT --force`")
+    index.setdefault("build", build)
     return index
 
 
-def shard_urls(root: str | Path, split: str, index: dict | None = None) -> list[str]:
-    """Full paths/URIs of a split's shards, in order."""
+def shard_urls(root: str | Path, split: str, index: dict | None = None, build: str | None = None) -> list[str]:
+    """Full paths/URIs of a split's shards, in order, all of one build: the index's (it records its
+    build), else `build`, else the current one."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; one of {SPLITS}")
-    index = index or read_index(root)
-    return [join(root, SHARDS_DIR, s["url"]) for s in index["shardlist"] if s["split"] == split]
+    index = index or read_index(root, build)
+    base = build_root(root, index.get("build", LEGACY_BUILD))
+    return [join(base, SHARDS_DIR, s["url"]) for s in index["shardlist"] if s["split"] == split]
 
 
-def read_manifest(root: str | Path) -> list[dict]:
-    return [json.loads(line) for line in _read_bytes(join(root, MANIFEST_NAME)).decode().splitlines() if line]
+def read_manifest(root: str | Path, build: str | None = None) -> list[dict]:
+    """A build's manifest rows (build=None: the current build)."""
+    text = _read_bytes(join(build_root(root, build), MANIFEST_NAME)).decode()
+    return [json.loads(line) for line in text.splitlines() if line]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -263,8 +377,12 @@ class StoredPiece(NamedTuple):
     meta: dict          # {"format_version", "piece", "source", "name", "stats", "dropped"}
 
 
-def piece_path(root: str | Path, piece: str) -> str:
-    return join(root, PIECES_DIR, f"{piece}.npz")
+def piece_path(root: str | Path, piece: str, build: str | None = None) -> str:
+    """Where a build's (build=None: the current build's) piece npz is. `piece` must be a piece id
+    (hex), never a user's path."""
+    if not re.fullmatch(r"[0-9a-f]{1,64}", str(piece)):
+        raise ValueError(f"not a piece id: {piece!r}")
+    return join(build_root(root, build), PIECES_DIR, f"{piece}.npz")
 
 
 def piece_npz_bytes(piece_id: str, source: str, piece: Piece, rows: PieceRows) -> bytes:
@@ -316,8 +434,9 @@ def _rows_and_meta(z) -> tuple[PieceRows, dict]:
 
 
 def save_piece(root: str | Path, piece_id: str, source: str, piece: Piece, rows: PieceRows) -> str:
-    """Write ROOT/pieces/<piece>.npz (local paths; the preprocessor writes URIs through pyarrow)."""
-    path = Path(piece_path(root, piece_id))
+    """Write ROOT/pieces/<piece>.npz, the legacy layout (for tests and tools that build a ROOT by
+    hand; local paths only - the preprocessor writes builds through pyarrow)."""
+    path = Path(piece_path(root, piece_id, LEGACY_BUILD))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".npz.tmp")
     tmp.write_bytes(piece_npz_bytes(piece_id, source, piece, rows))
@@ -325,9 +444,9 @@ def save_piece(root: str | Path, piece_id: str, source: str, piece: Piece, rows:
     return str(path)
 
 
-def load_piece(root: str | Path, piece_id: str) -> StoredPiece:
-    """ROOT/pieces/<piece>.npz -> StoredPiece(rows, piece, meta)."""
-    return read_piece_npz(_read_bytes(piece_path(root, piece_id)))
+def load_piece(root: str | Path, piece_id: str, build: str | None = None) -> StoredPiece:
+    """A build's (build=None: the current build's) pieces/<piece>.npz -> StoredPiece(rows, piece, meta)."""
+    return read_piece_npz(_read_bytes(piece_path(root, piece_id, build)))
 
 
 def iter_piece_samples(stored: StoredPiece, max_rows: int) -> Iterator[dict[str, bytes | str]]:
@@ -345,10 +464,22 @@ def is_uri(path: str | Path) -> bool:
 
 
 def _read_bytes(path: str) -> bytes:
+    """A file's bytes; FileNotFoundError when there is none (local paths and URIs alike)."""
     if not is_uri(path):
         return Path(path).read_bytes()
     import pyarrow.fs
 
     fs, inner = pyarrow.fs.FileSystem.from_uri(path)
+    if fs.get_file_info(inner).type == pyarrow.fs.FileType.NotFound:
+        raise FileNotFoundError(path)
     with fs.open_input_stream(inner) as f:
         return f.read()
+
+
+def _exists(path: str) -> bool:
+    if not is_uri(path):
+        return Path(path).exists()
+    import pyarrow.fs
+
+    fs, inner = pyarrow.fs.FileSystem.from_uri(path)
+    return fs.get_file_info(inner).type != pyarrow.fs.FileType.NotFound

@@ -36,15 +36,22 @@ def _input_files(root: Path) -> list[str]:
                   if p.is_file() and p.suffix.lower() in (".mid", ".midi"))
 
 
+def _build(root: Path) -> Path:
+    """The folder of ROOT's current build."""
+    return Path(S.build_root(root))
+
+
 def _snapshot(root: Path) -> dict[str, str]:
-    """sha256 of every output file (everything but input/), and the names of leftover folders."""
-    out = {}
-    for p in sorted(root.rglob("*")):
-        rel = str(p.relative_to(root))
-        if rel.startswith("input"):
-            continue
-        out[rel] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-    return out
+    """sha256 of every file of the current build (paths relative to its folder)."""
+    build = _build(root)
+    return {str(p.relative_to(build)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(build.rglob("*"))}
+
+
+def _top(root: Path) -> list[str]:
+    """What ROOT holds beside the input: the pointer, the builds (by name) and any leftovers."""
+    return sorted([p.name for p in root.iterdir() if p.name not in ("input", "builds")]
+                  + [f"builds/{p.name}" for p in (root / "builds").iterdir()])
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +78,7 @@ def read_back(full):
     picked = {m["piece"] for m in [m for m in S.read_manifest(root) if m["status"] == "ok"][::60]}
     keys, samples = {}, {}
     for entry in index["shardlist"]:
-        url = S.join(root, S.SHARDS_DIR, entry["url"])
+        url = S.join(S.build_root(root, index["build"]), S.SHARDS_DIR, entry["url"])
         keys[entry["url"]] = []
         for sample in wds.WebDataset(url, shardshuffle=False, empty_check=False):
             keys[entry["url"]].append(sample["__key__"])
@@ -95,11 +102,14 @@ def test_manifest_has_one_row_per_file_and_every_corrupt_file_rejected(full):
     assert not [m for m in manifest if (m["reason"] or "").startswith("internal error")]
     ok = [m for m in manifest if m["status"] == "ok"]
     assert len(ok) > 350 and summary.ok == len(ok) and summary.rejected == len(files) - len(ok)
-    assert all(m["split"] in S.SPLITS and m["samples"] + m["bars_too_long"] == m["bars"] for m in ok)
+    assert all(m["split"] in S.SPLITS for m in ok)
     assert all(m["split"] is None for m in manifest if m["status"] == "rejected")
-    assert all((root / "pieces" / f"{m['piece']}.npz").is_file() for m in ok)
-    assert len(list((root / "pieces").iterdir())) == len(ok)
-    assert sorted(p.name for p in root.iterdir()) == ["input", "manifest.jsonl", "pieces", "shards"]
+    assert all(m["samples"] + m["bars_too_long"] + m["contexts_too_long"] == m["bars"] for m in ok)
+    build = _build(root)
+    assert all((build / "pieces" / f"{m['piece']}.npz").is_file() for m in ok)
+    assert len(list((build / "pieces").iterdir())) == len(ok)
+    assert sorted(p.name for p in build.iterdir()) == ["manifest.jsonl", "pieces", "shards"]
+    assert _top(root) == ["CURRENT", f"builds/{build.name}"] and summary.build == build.name
     text = str(summary)
     assert "rejected" in text and "files/s" in text and "train" in text
 
@@ -113,7 +123,8 @@ def test_index_counts_equal_what_webdataset_and_ray_data_read(full, read_back, r
     assert index["config_hash"] == S.config_hash(CONFIG)
     assert index["input_hash"] == S.input_hash((m["path"], m["sha256"]) for m in manifest)
     assert len(index["write_back_programs"]) == 23
-    assert sorted(p.name for p in (root / "shards").iterdir()) == sorted(
+    assert index["build"] == S.current_build(root)
+    assert sorted(p.name for p in (_build(root) / "shards").iterdir()) == sorted(
         [s["url"] for s in index["shardlist"]] + ["index.json"])
     total = sum(s["nsamples"] for s in index["shardlist"])
     assert total == sum(m["samples"] for m in manifest) == index["stats"]["samples"] == sum(summary.samples.values())
@@ -126,7 +137,7 @@ def test_index_counts_equal_what_webdataset_and_ray_data_read(full, read_back, r
         assert len(entries) == index["splits"][split]["shards"] >= (1 if index["splits"][split]["samples"] else 0)
         for i, entry in enumerate(entries):
             assert entry["url"] == S.shard_name(split, i)
-            assert (root / "shards" / entry["url"]).stat().st_size == entry["filesize"]
+            assert (_build(root) / "shards" / entry["url"]).stat().st_size == entry["filesize"]
             got = shard_keys[entry["url"]]
             assert len(got) == entry["nsamples"] and got == sorted(got)
             assert i == len(entries) - 1 or entry["nsamples"] == CONFIG.shard_samples
@@ -151,7 +162,7 @@ def test_samples_hold_the_encoders_arrays(full, read_back):
     for piece in sorted(picked):
         m = rows[piece]
         enc = encode_bytes((root / "input" / m["path"]).read_bytes(), m["path"])
-        expected = [s for s in enc.samples if len(s.inputs) <= CONFIG.max_rows_per_bar]
+        expected = [s for s in enc.samples if max(len(s.inputs), len(s.context)) <= CONFIG.max_rows_per_bar]
         assert len(expected) == m["samples"] == sum(k.startswith(piece) for k in found)
         for s in expected:
             got = found[S.sample_key(piece, s.bar)]
@@ -170,22 +181,23 @@ def test_rerun_is_up_to_date_and_changes_nothing(full, capsys):
     from mahler_dist.cli import main
 
     root, _, _ = full
-    before = _snapshot(root)
-    mtime = (root / "shards" / "index.json").stat().st_mtime_ns
+    before, top = _snapshot(root), _top(root)
+    mtime = (_build(root) / "shards" / "index.json").stat().st_mtime_ns
     again = preprocess(root, CONFIG, progress=False)
     assert again.up_to_date and "up to date" in str(again)
     assert main(["preprocess", str(root), "--shard-samples", str(CONFIG.shard_samples)]) == 0
     out = capsys.readouterr().out
     assert "up to date" in out and "rejected" in out and "train" in out
-    assert _snapshot(root) == before and (root / "shards" / "index.json").stat().st_mtime_ns == mtime
+    assert _snapshot(root) == before and (_build(root) / "shards" / "index.json").stat().st_mtime_ns == mtime
+    assert _top(root) == top
     assert main(["preprocess", str(root), "--val", "0.7", "--test", "0.5"]) == 2   # refused, nothing touched
-    assert "val and test fractions" in capsys.readouterr().err and _snapshot(root) == before
+    assert "val and test fractions" in capsys.readouterr().err and _snapshot(root) == before and _top(root) == top
 
 
 def test_run_killed_part_way_leaves_the_previous_output(full, ray_session):
     """SIGKILL a forced run (jobs/preprocess.py, on the session's Ray) while it encodes."""
     root, _, _ = full
-    before = _snapshot(root)
+    before, top = _snapshot(root), _top(root)
     env = dict(os.environ, RAY_ADDRESS=ray_session.get_runtime_context().gcs_address)
     proc = subprocess.Popen([sys.executable, str(REPO / "jobs" / "preprocess.py"), str(root), "--force",
                              "--shard-samples", str(CONFIG.shard_samples)],
@@ -193,7 +205,7 @@ def test_run_killed_part_way_leaves_the_previous_output(full, ray_session):
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
-            if any(len(list(p.glob("pieces/*.npz"))) >= 5 for p in root.glob(".staging-*")):
+            if any(len(list(p.glob("pieces/*.npz"))) >= 5 for p in root.glob("builds/*") if p != _build(root)):
                 break
             time.sleep(0.05)
         assert proc.poll() is None, "the run ended before it could be killed"
@@ -203,11 +215,10 @@ def test_run_killed_part_way_leaves_the_previous_output(full, ray_session):
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
     time.sleep(1.0)   # let the cluster reap the dead driver's tasks
-    after = {k: v for k, v in _snapshot(root).items() if not k.startswith(".staging-")}
-    assert after == before
-    again = preprocess(root, CONFIG, progress=False)   # cleans up; output unchanged
+    assert _snapshot(root) == before and len(_top(root)) == len(top) + 2   # + its partial build and lock
+    again = preprocess(root, CONFIG, progress=False)   # takes the dead run's lock over, cleans up
     assert again.up_to_date
-    assert _snapshot(root) == before
+    assert _snapshot(root) == before and _top(root) == top
 
 
 _CLUSTER_SCRIPT = """

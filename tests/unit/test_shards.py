@@ -1,12 +1,18 @@
-"""The preprocessed data's contract without Ray: keys, split, shard plan, npy/npz/tar bytes, the
-per-file encode record, and the publication swap that keeps killed runs invisible."""
+"""The preprocessed data's contract without Ray: keys, split, hashes (the cache key), shard plan,
+npy/npz/tar bytes, the per-file encode record, windows whose context is too long, and the builds,
+pointer and lock that keep killed and concurrent runs invisible to readers."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
+import os
+import subprocess
+import sys
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +22,11 @@ from hypothesis import strategies as st
 
 from mahler_dist.config import DataConfig
 from mahler_dist.data import shards as S
-from mahler_dist.data.preprocess import Store, TarShardWriter, encode_record, publish, reason_kind, recover
+from mahler_dist.data import publish as PB
+from mahler_dist.data.preprocess import Store, TarShardWriter, encode_record, reason_kind
+from mahler_dist.errors import MahlerError
 from mahler_dist.music.encode import decode_to_midi, encode_bytes
-from mahler_dist.music.rows import bar_windows
+from mahler_dist.music.rows import PieceRows, bar_windows
 
 # --------------------------------------------------------------------------------------------------
 # Keys and names
@@ -62,11 +70,31 @@ def test_split_is_deterministic_and_near_the_ratios():
 
 
 def test_config_hash_covers_every_field():
+    """Every DataConfig field, the limits included, is part of the cache key."""
     base = S.config_hash(DataConfig())
-    changed = [DataConfig(shard_samples=10), DataConfig(val_fraction=0.1), DataConfig(test_fraction=0.1),
-               DataConfig(max_rows_per_bar=100), DataConfig(split_seed=3)]
+    changed = []
+    for f in dataclasses.fields(DataConfig):
+        value = getattr(DataConfig(), f.name)
+        changed.append(DataConfig(**{f.name: value / 2 if isinstance(value, float) else value + 1}))
+    assert len(changed) >= 7
     assert len({base, *(S.config_hash(c) for c in changed)}) == 1 + len(changed)
     assert S.config_hash(DataConfig()) == base
+
+
+def test_encoder_hash_covers_the_data_modules_that_write_samples(tmp_path):
+    """The code hash covers music/*.py and the data/ modules whose code shapes samples (shards.py,
+    build_tasks.py: encode_record, write_shard), not the driver-side pipeline; a changed byte in
+    any of them changes the key."""
+    package = Path(S.__file__).resolve().parents[1]
+    files = S.sample_code_files()
+    names = [p.relative_to(package).as_posix() for p in files]
+    assert {"data/shards.py", "data/build_tasks.py", "music/rows.py", "music/midi_io.py"} <= set(names)
+    assert "data/preprocess.py" not in names and "data/publish.py" not in names
+    assert S.encoder_hash() == S.code_hash(files)
+    for target in ("data/build_tasks.py", "data/shards.py"):
+        copy = tmp_path / target.replace("/", "_")
+        copy.write_bytes((package / target).read_bytes() + b"\n# one changed byte\n")
+        assert S.code_hash([copy if n == target else p for n, p in zip(names, files)]) != S.code_hash(files), target
 
 
 def test_input_hash_is_order_free_and_sensitive():
@@ -205,24 +233,25 @@ def test_sample_members_bytes_equal_the_plain_encoders(piano_file, source):
 
 def test_encode_record_ok_and_too_long_bars(piano_file):
     name, data = piano_file
-    rec, npz = encode_record(data, name, max_rows=256)
+    rec, npz = encode_record(data, name, DataConfig(max_rows_per_bar=256))
     assert rec["status"] == "ok" and rec["reason"] is None and npz is not None
     assert rec["piece"] == S.piece_id_of(data) and rec["sha256"] == hashlib.sha256(data).hexdigest()
     assert rec["samples"] == rec["bars"] > 0 and rec["bars_too_long"] == 0
     assert sum(rec["metres"].values()) == rec["bars"] and sum(rec["_rows_hist"]) == rec["bars"]
     assert rec["notes_in"] >= rec["notes_kept"] > 0
-    short, _ = encode_record(data, name, max_rows=8)
-    assert short["samples"] + short["bars_too_long"] == short["bars"] and short["bars_too_long"] > 0
+    short, _ = encode_record(data, name, DataConfig(max_rows_per_bar=8))
+    assert short["samples"] + short["bars_too_long"] + short["contexts_too_long"] == short["bars"]
+    assert short["bars_too_long"] > 0 and short["contexts_too_long"] > 0
     stored = S.read_piece_npz(npz)
     assert len(S.piece_samples(stored.rows, 8)) == short["samples"]
 
 
 def test_encode_record_rejects_bad_input_with_a_reason(midi_dir):
     for path in sorted((midi_dir / "corrupt").rglob("*.mid"))[:15]:
-        rec, npz = encode_record(path.read_bytes(), path.name, 256)
+        rec, npz = encode_record(path.read_bytes(), path.name, DataConfig())
         assert rec["status"] == "rejected" and rec["reason"] and npz is None, path
         assert "_internal_error" not in rec, rec["reason"]
-    rec, _ = encode_record(b"", "empty.mid", 256)
+    rec, _ = encode_record(b"", "empty.mid", DataConfig())
     assert rec["status"] == "rejected" and rec["reason"]
 
 
@@ -233,62 +262,169 @@ def test_reason_kind_groups_particulars():
 
 
 # --------------------------------------------------------------------------------------------------
-# Publication: a staging folder swapped in; interrupted swaps rolled forward
+# Contexts: a bar dropped as too long is not the next bar's context either
 
 
-def _write_output(root: Path, tag: str) -> None:
-    (root / "shards").mkdir(parents=True)
-    (root / "pieces").mkdir()
-    (root / "shards" / "train-000000.tar").write_text(tag)
-    (root / "pieces" / "p.npz").write_text(tag)
-    (root / "manifest.jsonl").write_text(tag)
-    (root / "shards" / "index.json").write_text(json.dumps({"tag": tag}))
+def _rows_with_bar_lengths(lengths: list[int], chunk_starts: tuple[int, ...] = (0,)) -> PieceRows:
+    total = sum(lengths)
+    rows = np.arange(total * 5, dtype=np.int64).reshape(total, 5).astype(np.int8)
+    starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    chunk = np.zeros(len(lengths), dtype=bool)
+    chunk[list(chunk_starts)] = True
+    return PieceRows(rows=rows, active=np.zeros((total, 15), np.uint8), bar_starts=starts,
+                     metres=["4/4"] * len(lengths), chunk_start=chunk, dropped={})
 
 
-def _tags(root: Path) -> set[str]:
-    files = [root / "shards" / "train-000000.tar", root / "pieces" / "p.npz", root / "manifest.jsonl",
-             root / "shards" / "index.json"]
-    return {f.read_text().replace('{"tag": "', "").rstrip('"}') if f.exists() else "missing" for f in files}
+def test_no_sample_has_an_input_or_context_over_the_limit():
+    """Bar 2 (320 rows) is dropped as an input and must not come back as bar 3's context; bar 5
+    follows a too-long bar 4 but starts a chunk (START context), so it is written."""
+    rows = _rows_with_bar_lengths([10, 20, 320, 30, 300, 40, 50], chunk_starts=(0, 5))
+    samples = S.piece_samples(rows, 256)
+    assert [s.bar for s in samples] == [0, 1, 5, 6]
+    assert all(len(s.inputs) <= 256 and len(s.context) <= 256 for s in samples)
+    assert S.bar_counts(rows, 256) == {"samples": 4, "bars_too_long": 2, "contexts_too_long": 1}
+    np.testing.assert_array_equal(S.written_bars(rows, 256), [0, 1, 5, 6])
+    every = bar_windows(rows)
+    assert max(len(s.context) for s in every) == 320   # what bar_windows alone would have written
+
+
+def test_real_piece_samples_respect_the_limit_on_both_sides(piano_file):
+    name, data = piano_file
+    enc = encode_bytes(data, name)
+    limit = int(np.median(np.diff(enc.rows.bar_starts)))
+    samples = S.piece_samples(enc.rows, limit)
+    assert samples and all(len(s.inputs) <= limit and len(s.context) <= limit for s in samples)
+    counts = S.bar_counts(enc.rows, limit)
+    assert counts["contexts_too_long"] > 0 and counts["samples"] == len(samples)
+    assert sum(counts.values()) == enc.rows.num_bars
+
+
+# --------------------------------------------------------------------------------------------------
+# Builds, the CURRENT pointer and the lock (publish.py)
 
 
 def _quiet(msg):
     pass
 
 
-def test_publish_replaces_old_output_and_cleans_up(tmp_path):
-    _write_output(tmp_path, "old")
-    _write_output(tmp_path / ".staging-x", "new")
-    publish(Store(tmp_path), ".staging-x")
-    assert _tags(tmp_path) == {"new"}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.jsonl", "pieces", "shards"]
+def _write_build(root: Path, build: str, tag: str) -> bytes:
+    """A build folder as preprocess writes it (index.json last); returns the index bytes."""
+    folder = root / "builds" / build
+    (folder / "shards").mkdir(parents=True)
+    (folder / "pieces").mkdir()
+    (folder / "shards" / "train-000000.tar").write_text(tag)
+    (folder / "pieces" / "00ab.npz").write_text(tag)
+    (folder / "manifest.jsonl").write_text(json.dumps({"tag": tag}) + "\n")
+    index = {"format_version": S.FORMAT_VERSION, "build": build, "tag": tag, "config_hash": "c",
+             "input_hash": tag, "encoder_hash": "e",
+             "shardlist": [{"url": "train-000000.tar", "nsamples": 1, "split": "train"}]}
+    data = json.dumps(index).encode()
+    (folder / "shards" / "index.json").write_bytes(data)
+    return data
 
 
-@pytest.mark.parametrize("moved", [0, 1, 2, 3])
-def test_recover_finishes_an_interrupted_swap(tmp_path, moved):
-    """Killed after `moved` of the staging entries were swapped in: the next run completes it."""
-    _write_output(tmp_path / ".staging-x", "new")
-    _write_output(tmp_path, "old")
-    trash = tmp_path / ".trash-y"
-    trash.mkdir()
-    (tmp_path / "shards").rename(trash / "shards")   # the marker goes out first
-    for name in ("pieces", "manifest.jsonl", "shards")[:moved]:
-        if (tmp_path / name).exists():
-            (tmp_path / name).rename(trash / f"{name}.old")
-        (tmp_path / ".staging-x" / name).rename(tmp_path / name)
-    recover(Store(tmp_path), _quiet)
-    assert _tags(tmp_path) == {"new"}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.jsonl", "pieces", "shards"]
+def _publish(root: Path, build: str, tag: str) -> None:
+    data = _write_build(root, build, tag)
+    with PB.RootLock(Store(root), build) as lock:
+        PB.publish(Store(root), build, data, lock)
 
 
-def test_recover_drops_an_incomplete_staging_folder(tmp_path):
-    _write_output(tmp_path, "old")
-    staging = tmp_path / ".staging-z"
-    (staging / "pieces").mkdir(parents=True)
-    (staging / "pieces" / "p.npz").write_text("partial")
-    (staging / "shards").mkdir()
-    (staging / "shards" / "train-000000.tar").write_text("partial")
-    recover(Store(tmp_path), _quiet)
-    assert _tags(tmp_path) == {"old"} and not staging.exists()
+def test_never_preprocessed_root_is_a_clear_error(tmp_path):
+    with pytest.raises(MahlerError, match="no preprocessed data.*mahler preprocess"):
+        S.current_build(tmp_path)
+    with pytest.raises(MahlerError, match="no preprocessed data"):
+        S.read_index(tmp_path)
+
+
+def test_publish_points_current_at_the_build_and_keeps_the_one_before(tmp_path):
+    _publish(tmp_path, "b1", "one")
+    assert S.current_build(tmp_path) == "b1"
+    _publish(tmp_path, "b2", "two")
+    pinned = S.read_index(tmp_path)                        # a reader that resolved b2
+    assert pinned["build"] == "b2" and pinned["tag"] == "two"
+    _publish(tmp_path, "b3", "three")
+    assert S.current_build(tmp_path) == "b3" and S.read_index(tmp_path)["tag"] == "three"
+    assert sorted(p.name for p in (tmp_path / "builds").iterdir()) == ["b2", "b3"]   # KEEP_BUILDS
+    assert PB.KEEP_BUILDS == 2
+    # the pinned reader still reads its own build, whole
+    assert [Path(u).read_text() for u in S.shard_urls(tmp_path, "train", pinned)] == ["two"]
+    assert S.read_manifest(tmp_path, "b2") == [{"tag": "two"}]
+    assert S.piece_path(tmp_path, "00ab", "b2").endswith("builds/b2/pieces/00ab.npz")
+    pointer = json.loads((tmp_path / "CURRENT").read_text())
+    assert pointer["previous"] == ["b2"] and pointer["index_sha256"] == hashlib.sha256(
+        (tmp_path / "builds" / "b3" / "shards" / "index.json").read_bytes()).hexdigest()
+    assert not (tmp_path / ".lock").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["CURRENT", "builds"]   # no temp files left
+
+
+def test_an_index_that_does_not_match_the_pointer_is_refused(tmp_path):
+    _publish(tmp_path, "b1", "one")
+    (tmp_path / "builds" / "b1" / "shards" / "index.json").write_text(json.dumps({"format_version": 1}))
+    with pytest.raises(MahlerError, match="does not match CURRENT"):
+        S.read_index(tmp_path)
+
+
+def test_recover_removes_partial_builds_only(tmp_path):
+    _publish(tmp_path, "b1", "one")
+    _publish(tmp_path, "b2", "two")
+    _write_build(tmp_path, "killed", "partial")             # a killed run's build, never published
+    _write_build(tmp_path, "live", "writing")               # the live lock holder's build
+    (tmp_path / ".staging-x" / "shards").mkdir(parents=True)   # the layout before builds
+    PB.recover(Store(tmp_path), _quiet, writing="live")
+    assert sorted(p.name for p in (tmp_path / "builds").iterdir()) == ["b1", "b2", "live"]
+    assert not (tmp_path / ".staging-x").exists()
+
+
+def test_legacy_layout_is_read_then_retired_after_it_falls_out_of_the_kept_builds(tmp_path):
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "pieces").mkdir()
+    (tmp_path / "shards" / "index.json").write_text(json.dumps(
+        {"format_version": 1, "shardlist": [{"url": "train-000000.tar", "split": "train"}]}))
+    (tmp_path / "manifest.jsonl").write_text("{}\n")
+    assert S.current_build(tmp_path) == S.LEGACY_BUILD
+    assert S.read_index(tmp_path)["build"] == S.LEGACY_BUILD
+    assert S.shard_urls(tmp_path, "train") == [f"{tmp_path}/shards/train-000000.tar"]
+    assert S.piece_path(tmp_path, "00ab") == f"{tmp_path}/pieces/00ab.npz"
+    _publish(tmp_path, "b1", "one")
+    assert (tmp_path / "shards").exists() and json.loads((tmp_path / "CURRENT").read_text())["previous"] == ["legacy"]
+    _publish(tmp_path, "b2", "two")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["CURRENT", "builds"]
+
+
+def test_a_second_run_fails_naming_the_owner_or_waits_for_it(tmp_path):
+    store = Store(tmp_path)
+    first = PB.RootLock(store, "b1")
+    first.acquire()
+    try:
+        t = time.monotonic()
+        with pytest.raises(MahlerError, match=rf"pid {os.getpid()} on .*build b1"):
+            PB.RootLock(store, "b2", wait_s=0.6).acquire()
+        assert time.monotonic() - t >= 0.5   # it waited before giving up
+    finally:
+        first.release()
+    with PB.RootLock(store, "b2", wait_s=0) as second:   # free again: taken at once
+        second.check()
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_a_stale_lock_is_taken_over_and_the_old_owner_cannot_publish(tmp_path):
+    store = Store(tmp_path)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    holder = {"owner": "x", "host": os.uname().nodename, "pid": int(dead.stdout), "started": time.time() - 5,
+              "heartbeat": time.time(), "build": "old"}
+    (tmp_path / ".lock").write_text(json.dumps(holder))
+    assert "is gone" in PB.lock_is_stale(holder)
+    old_beat = dict(holder, host="elsewhere", heartbeat=time.time() - PB.STALE_S - 1)
+    assert "no heartbeat" in PB.lock_is_stale(old_beat)
+    assert PB.lock_is_stale(dict(holder, pid=os.getpid(), started=time.time())) is None
+    with PB.RootLock(store, "b1") as lock:   # takes the dead run's lock over
+        assert PB.read_lock(store)["owner"] == lock.owner["owner"]
+        other = PB.RootLock(store, "b2")
+        (tmp_path / ".lock").write_text(json.dumps(other.owner))   # as if it were taken from us
+        data = _write_build(tmp_path, "b1", "one")
+        with pytest.raises(MahlerError, match="lost .lock"):
+            PB.publish(store, "b1", data, lock)
+    assert not (tmp_path / "CURRENT").exists()
 
 
 def test_tar_writer_names_the_member_whose_name_is_too_long():
