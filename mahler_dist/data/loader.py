@@ -8,15 +8,27 @@ epoch plan from the samples' lengths alone (read once from the shards), so it kn
 reading any data which samples form which batch on which rank:
 
 1. shards in a seeded order per epoch, samples shuffled inside each shard;
-2. that order cut into windows (`shuffle_window` samples, at least one per rank);
-   window w belongs to rank w mod world_size;
-3. each window sorted by length and cut into batches (<= batch_size bars and, with a budget,
-   <= max_batch_rows padded rows); batch order shuffled inside the window;
+2. that order cut into windows of at most `shuffle_window` samples, as many on every rank
+   (a multiple of world_size, sizes differing by at most one sample), so ranks start with
+   nearly equal batch counts; window w belongs to rank w mod world_size;
+3. each window sorted by length and cut into batches of <= batch_size bars and <= max_batch_rows
+   padded rows (bars x (longest context + longest input)); a bar left alone is paired up
+   (section "one-bar batches" below); batch order shuffled inside the window;
 4. ranks with fewer batches split their largest ones until every rank has as many.
 
+The row budget is always in force: it bounds a step's memory whatever the lengths. Every sample
+must fit it alone (max_batch_rows >= 2 x max_rows_per_bar); a sample past max_rows_per_bar (a
+build from before that bound held for contexts) is refused with its shard and key, never padded.
+
+One-bar batches: BatchNorm has no batch statistics for one sample (the model copes, see
+model/layers.py, but it is a wasted step), so the cut pairs every lone bar with another bar of its
+window that fits the limits with it, and balancing splits batches of >= 4 bars first. A one-bar
+batch is left only when nothing can share it: batch_size 1, a one-sample window or rank, a bar
+whose pair with any other bar passes the budget, or a rank that must split a batch of <= 3 bars.
+
 Each sample is in exactly one batch per epoch; a rank holds one window of samples in memory at a
-time, whatever the corpus size; the plan is a pure function of (lengths, seed, epoch), so a
-resumed run can skip the batches it already trained on (`state_dict`).
+time, whatever the corpus size; the plan is a pure function of (lengths, seed, epoch, options),
+so a resumed run can skip the batches it already trained on (`state_dict`).
 """
 
 from __future__ import annotations
@@ -69,10 +81,25 @@ def scan_lengths(urls: Sequence[str]) -> list[np.ndarray]:
 class PlanOptions:
     world_size: int = 1
     batch_size: int = 64          # bars per batch on one rank
-    max_batch_rows: int = 0       # padded rows (context + input) per batch; 0 = no budget
+    max_batch_rows: int = 16_384  # padded rows per batch on one rank: bars x (max context + max input)
+    max_rows_per_bar: int = 256   # the build's data.max_rows_per_bar: a longer context or input is refused
     shuffle_window: int = 4096
     shuffle: bool = True
     seed: int = 0
+
+    def __post_init__(self):
+        for name in ("world_size", "batch_size", "max_rows_per_bar", "shuffle_window"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"PlanOptions.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_batch_rows < 2 * self.max_rows_per_bar:
+            raise ValueError(f"PlanOptions.max_batch_rows {self.max_batch_rows} cannot hold one bar of "
+                             f"{self.max_rows_per_bar} context and {self.max_rows_per_bar} input rows: "
+                             f"it must be >= 2 x max_rows_per_bar = {2 * self.max_rows_per_bar}")
+
+
+def oversized(lengths: np.ndarray, opt: PlanOptions) -> np.ndarray:
+    """Indices of the samples of a [n, 2] (context rows, input rows) array that break the limits."""
+    return np.flatnonzero((lengths > opt.max_rows_per_bar).any(axis=1)) if len(lengths) else np.zeros(0, np.int64)
 
 
 def plan_epoch(shard_lengths: Sequence[np.ndarray], epoch: int, opt: PlanOptions) -> list[list[list[np.ndarray]]]:
@@ -81,11 +108,19 @@ def plan_epoch(shard_lengths: Sequence[np.ndarray], epoch: int, opt: PlanOptions
     sizes = np.array([len(l) for l in shard_lengths], dtype=np.int64)
     first_id = np.concatenate([[0], np.cumsum(sizes)])
     lengths = np.concatenate(shard_lengths) if len(shard_lengths) else np.zeros((0, 2), np.int64)
+    bad = oversized(lengths, opt)
+    if len(bad):
+        i = int(bad[0])
+        raise ValueError(f"sample {i} has {lengths[i, 0]} context and {lengths[i, 1]} input rows, over "
+                         f"max_rows_per_bar {opt.max_rows_per_bar} ({len(bad)} such samples)")
     rng = np.random.default_rng([opt.seed, epoch])
     shard_order = rng.permutation(len(sizes)) if opt.shuffle else np.arange(len(sizes))
     order = np.concatenate([first_id[s] + (rng.permutation(sizes[s]) if opt.shuffle else np.arange(sizes[s]))
                             for s in shard_order]) if len(sizes) else np.zeros(0, np.int64)
-    n_windows = max(opt.world_size, -(-len(order) // max(opt.shuffle_window, 1)))
+    # as many windows on every rank: a rank with one window more would start with a window's
+    # worth of extra batches, which the others could only match by halving theirs
+    per_rank = max(1, -(-len(order) // (opt.world_size * opt.shuffle_window)))
+    n_windows = opt.world_size * per_rank
     windows = np.array_split(order, n_windows)
     plan: list[list[list[np.ndarray]]] = [[] for _ in range(opt.world_size)]
     for w, ids in enumerate(windows):
@@ -96,12 +131,22 @@ def plan_epoch(shard_lengths: Sequence[np.ndarray], epoch: int, opt: PlanOptions
     if opt.shuffle:
         for rank_windows in plan:
             rng.shuffle(rank_windows)
-    _equalise(plan)
+    _equalise(plan, lengths, opt)
     return plan
 
 
+def _padded_rows(batch: np.ndarray, lengths: np.ndarray) -> int:
+    """What a batch costs once padded: bars x (longest context + longest input)."""
+    return len(batch) * int(lengths[batch, 0].max() + lengths[batch, 1].max())
+
+
+def _fits(batch: np.ndarray, lengths: np.ndarray, opt: PlanOptions) -> bool:
+    return len(batch) <= opt.batch_size and _padded_rows(batch, lengths) <= opt.max_batch_rows
+
+
 def _cut_batches(ids: np.ndarray, lengths: np.ndarray, opt: PlanOptions) -> list[np.ndarray]:
-    """Sort a window by length and cut it greedily under the size and row budgets."""
+    """Sort a window by length and cut it greedily under the size and row budgets, then give the
+    bars left alone a partner."""
     if len(ids) == 0:
         return []
     ids = ids[np.lexsort((lengths[ids, 0], lengths[ids, 1]))]
@@ -110,18 +155,56 @@ def _cut_batches(ids: np.ndarray, lengths: np.ndarray, opt: PlanOptions) -> list
     for i, sid in enumerate(ids):
         ctx, inp = max(max_ctx, lengths[sid, 0]), max(max_inp, lengths[sid, 1])
         n = i - start + 1
-        if i > start and (n > opt.batch_size or (opt.max_batch_rows and n * (ctx + inp) > opt.max_batch_rows)):
+        if i > start and (n > opt.batch_size or n * (ctx + inp) > opt.max_batch_rows):
             batches.append(ids[start:i])
             start, ctx, inp = i, lengths[sid, 0], lengths[sid, 1]
         max_ctx, max_inp = ctx, inp
     batches.append(ids[start:])
-    return batches
+    return _pair_lone_bars(batches, lengths, opt)
 
 
-def _equalise(plan: list[list[list[np.ndarray]]]) -> None:
+def _pair_lone_bars(batches: list[np.ndarray], lengths: np.ndarray, opt: PlanOptions) -> list[np.ndarray]:
+    """Give each one-bar batch company, within the limits: join it to a batch with room for it
+    (the cheapest once padded), else take one bar from a batch of >= 3 (the longest bar that
+    pads the pair least). The greedy cut leaves a lone bar at a window's remainder
+    (window size = 1 mod batch_size) or beside a bar too long to share the budget with."""
+    if opt.batch_size < 2:
+        return batches
+    # the longest lone bar first: it has the fewest partners; shorter ones may then join a batch
+    for lone in reversed([i for i, b in enumerate(batches) if len(b) == 1]):
+        if len(batches[lone]) != 1:
+            continue   # joined by an earlier lone bar
+        bar = batches[lone]
+        joins = [(_padded_rows(np.concatenate([b, bar]), lengths), j) for j, b in enumerate(batches)
+                 if j != lone and len(b) < opt.batch_size]
+        joins = [(rows, j) for rows, j in joins if rows <= opt.max_batch_rows]
+        if joins:
+            _, j = min(joins)
+            batches[j] = np.concatenate([batches[j], bar])
+            batches[lone] = bar[:0]
+            continue
+        donors = [j for j, b in enumerate(batches) if len(b) >= 3]
+        if not donors:
+            continue
+        pool = np.concatenate([batches[j] for j in donors])
+        owner = np.concatenate([np.full(len(batches[j]), j) for j in donors])
+        pair_rows = 2 * (np.maximum(lengths[pool, 0], lengths[bar[0], 0])
+                         + np.maximum(lengths[pool, 1], lengths[bar[0], 1]))
+        ok = np.flatnonzero(pair_rows <= opt.max_batch_rows)
+        if not len(ok):
+            continue   # too long to share the budget with any bar of its window
+        best = ok[np.lexsort((-lengths[pool[ok]].sum(axis=1), pair_rows[ok]))[0]]
+        j = int(owner[best])
+        batches[j] = batches[j][batches[j] != pool[best]]
+        batches[lone] = np.concatenate([[pool[best]], bar])
+    return [b for b in batches if len(b)]
+
+
+def _equalise(plan: list[list[list[np.ndarray]]], lengths: np.ndarray, opt: PlanOptions) -> None:
     """Give every rank the same number of batches, keeping every sample exactly once: ranks with
-    fewer batches split their largest ones; only when a rank has fewer samples than that count
-    (tiny corpora, many ranks) do the others merge their smallest batches instead."""
+    fewer batches split their largest ones (halves of a batch of >= 4 bars keep >= 2 bars each);
+    only when a rank has fewer samples than that count (tiny corpora, many ranks) do the others
+    merge their two batches that pad least together, within the row budget."""
     counts = [sum(len(w) for w in windows) for windows in plan]
     samples = [sum(len(b) for w in windows for b in w) for windows in plan]
     target = min(max(counts), min(samples))
@@ -140,11 +223,16 @@ def _equalise(plan: list[list[list[np.ndarray]]]) -> None:
             if len(windows[w]) < 2:   # one batch per window: join two windows first
                 windows[0:2] = [windows[0] + windows[1]]
                 continue
-            smallest = sorted(range(len(windows[w])), key=lambda bi: len(windows[w][bi]))[:2]
-            merged = np.concatenate([windows[w][bi] for bi in smallest])
-            for bi in sorted(smallest, reverse=True):
-                windows[w].pop(bi)
-            windows[w].append(merged)
+            win = windows[w]
+            rows, a, b = min((_padded_rows(np.concatenate([win[a], win[b]]), lengths), a, b)
+                             for a in range(len(win)) for b in range(a + 1, len(win)))
+            if rows > opt.max_batch_rows:
+                raise ValueError(f"cannot give {len(plan)} ranks {target} batches each within "
+                                 f"max_batch_rows {opt.max_batch_rows}: use fewer workers or more data")
+            merged = np.concatenate([win[a], win[b]])
+            win.pop(b)
+            win.pop(a)
+            win.append(merged)
 
 
 class BarLoader:
@@ -163,9 +251,24 @@ class BarLoader:
         self.options = options
         self.shard_lengths = list(shard_lengths) if shard_lengths is not None else scan_lengths(self.urls)
         self._first_id = np.concatenate([[0], np.cumsum([len(l) for l in self.shard_lengths])])
+        self._refuse_oversized()
         self.epoch = 0
         self.batches_done = 0
         self._plan: list[list[np.ndarray]] | None = None
+
+    def _refuse_oversized(self) -> None:
+        """A sample past max_rows_per_bar cannot be trained within the budget it was sized for
+        (builds from before contexts were bounded wrote such samples): stop before the first
+        step, naming the shard and the sample."""
+        for url, lengths in zip(self.urls, self.shard_lengths):
+            bad = oversized(lengths, self.options)
+            if len(bad):
+                i = int(bad[0])
+                key = next((s["__key__"] for j, s in enumerate(_read_shard(url)) if j == i), f"#{i}")
+                raise ValueError(
+                    f"shard {url}: sample {key} has {lengths[i, 0]} context rows and {lengths[i, 1]} input "
+                    f"rows, over max_rows_per_bar {self.options.max_rows_per_bar} ({len(bad)} such samples "
+                    "in this shard); preprocess the corpus again with this data.max_rows_per_bar")
 
     @property
     def num_samples(self) -> int:
