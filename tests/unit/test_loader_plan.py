@@ -19,7 +19,7 @@ def _batches(plan):
     return [b for r in plan for w in r for b in w]
 
 
-@settings(max_examples=120, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.lists(st.integers(0, 60), min_size=1, max_size=8), st.integers(1, 4), st.integers(1, 16),
        st.sampled_from([128, 200, 400, 100_000]), st.integers(1, 50), st.integers(0, 3))
 def test_each_sample_once_and_equal_batches(shard_sizes, world, batch_size, budget, window, epoch):
@@ -30,7 +30,10 @@ def test_each_sample_once_and_equal_batches(shard_sizes, world, batch_size, budg
     try:
         plan = plan_epoch(lengths, epoch, opt)
     except ValueError as e:
-        assert "no samples" in str(e) and total < world
+        # equal counts may need a merge (a rank with a sample fewer, batch_size 1): refused only
+        # when two bars need not fit the budget together
+        assert ("no samples" in str(e) and total < world) or ("within max_batch_rows" in str(e)
+                                                              and budget < 4 * MAX_ROWS)
         return
     ids = np.concatenate(_batches(plan)) if total else np.zeros(0)
     assert sorted(ids.tolist()) == list(range(total))
