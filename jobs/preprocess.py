@@ -3,8 +3,8 @@
     ray job submit --working-dir . -- python jobs/preprocess.py ROOT [--workers N] [--force]
     ray submit ray_cluster.yaml jobs/preprocess.py -- ROOT
 
-Same function and options as `mahler preprocess`; runs on whatever cluster `ray.init()` finds
-(RAY_ADDRESS, or a job's cluster), else on an embedded local Ray.
+Same function and options as `mahler preprocess` (mahler_dist/ray_runtime.py): runs on the
+cluster of --address, else of RAY_ADDRESS (which `ray job submit` sets), else on a new local Ray.
 """
 
 import sys

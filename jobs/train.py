@@ -2,7 +2,8 @@
 
     ray job submit --working-dir . -- python jobs/train.py NAME --root ROOT --config configs/small.yaml --workers 4 --gpus
 
-Same function and options as `mahler train`. The run name fixes the Ray Train run under
+Same function and options as `mahler train`: --address, else RAY_ADDRESS (set by `ray job
+submit`), else a new local Ray (mahler_dist/ray_runtime.py). The run name fixes the Ray Train run under
 ROOT/runs, so re-submitting the same job resumes from its latest checkpoint.
 """
 

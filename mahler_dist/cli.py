@@ -32,7 +32,7 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
     for key, value in overrides.items():
         if value is not None:
             setattr(data, key, value)
-    summary = preprocess(args.root, data, workers=args.workers, force=args.force)
+    summary = preprocess(args.root, data, workers=args.workers, force=args.force, address=args.address)
     print(summary)
     return 0
 
@@ -42,7 +42,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     summary = train(args.name, args.root, args.config, workers=args.workers, gpus=args.gpus,
                     epochs=args.epochs, restart=args.restart, yes=args.yes, max_failures=args.max_failures,
-                    placement="SPREAD" if args.spread else "PACK")
+                    placement="SPREAD" if args.spread else "PACK", address=args.address)
     print(summary)
     return 0
 
@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val", type=float, default=None, help="fraction of pieces for validation (default 0.05)")
     p.add_argument("--test", type=float, default=None, help="fraction of pieces for test (default 0.05)")
     p.add_argument("--config", default=None, help="a YAML config whose `data` section is used")
+    p.add_argument("--address", default=None,
+                   help="a Ray cluster HOST:PORT to run on (default: $RAY_ADDRESS, else a new local Ray)")
     p.set_defaults(func=_cmd_preprocess)
 
     p = sub.add_parser("train", help="train the C-VAE with Ray Train (re-run the same command to resume)")
@@ -116,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true", help="do not ask before --restart deletes the run")
     p.add_argument("--max-failures", type=int, default=3, help="worker restarts from the latest checkpoint")
     p.add_argument("--spread", action="store_true", help="place workers on different nodes (default: pack)")
+    p.add_argument("--address", default=None,
+                   help="a Ray cluster HOST:PORT to run on (default: $RAY_ADDRESS, else a new local Ray)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("generate", help="sample, reconstruct or interpolate bars with a trained run -> MIDI",

@@ -124,15 +124,16 @@ class PreprocessSummary:
 
 
 def preprocess(root: str | os.PathLike, data_config: DataConfig | None = None, *, workers: int | None = None,
-               force: bool = False, progress: bool = True, wait_s: float = 0.0) -> PreprocessSummary:
+               force: bool = False, progress: bool = True, wait_s: float = 0.0,
+               address: str | None = None) -> PreprocessSummary:
     """ROOT/input/**.mid|.midi -> ROOT/builds/<build>/{manifest.jsonl, shards/, pieces/}, published
     by ROOT/CURRENT (see the module docstring and publish.py).
 
     `workers` caps the parallel encode/write tasks (default: every CPU of the cluster). Does nothing
     when ROOT's current build holds the output of the same input, config and representation code,
     unless `force`. Another run on ROOT is waited for up to `wait_s` seconds, then refused with a
-    MahlerError naming it. Starts (and afterwards stops) a local Ray when none is initialised;
-    connects to RAY_ADDRESS when it is set.
+    MahlerError naming it. Runs on the Ray that `ray_runtime(address)` enters: the initialised one,
+    `address` or RAY_ADDRESS, else a new local Ray it stops afterwards.
     """
     t0 = time.perf_counter()
     config = data_config or DataConfig()
@@ -145,11 +146,13 @@ def preprocess(root: str | os.PathLike, data_config: DataConfig | None = None, *
     build = new_build_id()
     with RootLock(store, build, wait_s, say) as lock:
         recover(store, say, writing=build)
-        return _run_locked(store, str(root), input_dir, build, lock, config, workers, force, say, t0)
+        return _run_locked(store, str(root), input_dir, build, lock, config, workers, force, say, t0,
+                           address)
 
 
 def _run_locked(store: Store, root: str, input_dir: str, build: str, lock: RootLock, config: DataConfig,
-                workers: int | None, force: bool, say, t0: float) -> PreprocessSummary:
+                workers: int | None, force: bool, say, t0: float, address: str | None = None
+                ) -> PreprocessSummary:
     files = store.list_midi(input_dir)
     if not files:
         raise MahlerError(f"{S.join(root, S.INPUT_DIR)}: no .mid or .midi files found")
@@ -164,11 +167,9 @@ def _run_locked(store: Store, root: str, input_dir: str, build: str, lock: RootL
 
     import ray
 
-    started = not ray.is_initialized()
-    if started:
-        say("starting a local Ray (set RAY_ADDRESS to use a cluster)")
-        ray.init(logging_level="WARNING")
-    try:
+    from mahler_dist.ray_runtime import ray_runtime
+
+    with ray_runtime(address, say=say, logging_level="WARNING"):
         nworkers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         folder = build_dir(store, build)
         try:
@@ -179,9 +180,6 @@ def _run_locked(store: Store, root: str, input_dir: str, build: str, lock: RootL
         except BaseException:
             store.remove(folder)   # (a killed run's is removed by the next run's recover())
             raise
-    finally:
-        if started:
-            ray.shutdown()
     summary = _summary_from_index(root, index, up_to_date=False)
     summary.wall_s = time.perf_counter() - t0
     return summary

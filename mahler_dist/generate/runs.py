@@ -14,8 +14,7 @@ from pathlib import Path
 
 from mahler_dist.errors import MahlerError
 from mahler_dist.model.checkpoint import CHECKPOINT_FILE, METRICS_FILE
-
-RUN_NAME = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,99}$")
+from mahler_dist.run_names import check_run_name
 CHECKPOINT_DIR = re.compile(r"^checkpoint_epoch(\d{1,9})$")
 
 
@@ -29,8 +28,7 @@ class CheckpointInfo:
 
 def run_dir(root: str | Path, name: str) -> Path:
     """ROOT/runs/NAME, after checking NAME is a plain run name and the folder exists."""
-    if not RUN_NAME.match(str(name)) or ".." in str(name):
-        raise MahlerError(f"invalid run name {name!r}: use letters, digits, '_', '-' and '.'")
+    check_run_name(name)
     path = Path(root) / "runs" / name
     if not path.is_dir():
         raise MahlerError(f"no run {name!r} under {Path(root) / 'runs'}")

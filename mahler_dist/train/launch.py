@@ -9,7 +9,6 @@ Ctrl-C once: the workers finish the epoch, checkpoint and stop; twice: stop now.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import signal
 import sys
@@ -24,18 +23,11 @@ from ray.train.torch import TorchTrainer
 
 from mahler_dist.config import Config, load_config, resolve_config_path, save_config
 from mahler_dist.errors import ConfigError, MahlerError
+from mahler_dist.ray_runtime import ray_runtime
+from mahler_dist.run_names import check_run_name  # the one rule (train, generate, serve)
 from mahler_dist.train.loop import STOP_ACTOR_NAMESPACE, train_loop_per_worker
 from mahler_dist.train.tracking import TrackingCallback
 
-RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-
-
-def check_run_name(name: str) -> str:
-    """Run names become folder names: letters, digits, '_', '-', '.' only (never a path)."""
-    if not RUN_NAME.match(name) or ".." in name:
-        raise MahlerError(f"invalid run name {name!r}: use letters, digits, '_', '-' and '.' "
-                          "(at most 100 characters, not starting with a dot)")
-    return name
 
 
 def split_urls(root: Path, split: str) -> list[str]:
@@ -109,7 +101,7 @@ def resolve_run_config(run_dir: Path, config_arg: str | None, epochs: int | None
 def train(name: str, root: str | Path, config: str | None = None, *, workers: int = 1, gpus: bool = False,
           epochs: int | None = None, restart: bool = False, yes: bool = False, max_failures: int = 3,
           placement: str = "PACK", inject_failure: dict | None = None,
-          record_keys_dir: str | None = None) -> TrainSummary:
+          record_keys_dir: str | None = None, address: str | None = None) -> TrainSummary:
     """Train or resume run NAME. `inject_failure` ({"epoch", "batch", "marker"}) and
     `record_keys_dir` are test hooks: fail once on rank 0; write the bar keys each rank saw."""
     check_run_name(name)
@@ -126,9 +118,15 @@ def train(name: str, root: str | Path, config: str | None = None, *, workers: in
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
 
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        ray.init(configure_logging=False, log_to_driver=True)
+    with ray_runtime(address, configure_logging=False, log_to_driver=True):
+        return _train_on_ray(name, run_dir, root, cfg, train_urls, val_urls, workers=workers, gpus=gpus,
+                             max_failures=max_failures, placement=placement,
+                             inject_failure=inject_failure, record_keys_dir=record_keys_dir)
+
+
+def _train_on_ray(name: str, run_dir: Path, root: Path, cfg: Config, train_urls: list[str],
+                  val_urls: list[str], *, workers: int, gpus: bool, max_failures: int, placement: str,
+                  inject_failure: dict | None, record_keys_dir: str | None) -> TrainSummary:
     stop_name = f"stop-{name}-{time.time_ns()}"
     stop_flag = StopFlag.options(name=stop_name, namespace=STOP_ACTOR_NAMESPACE).remote()
     trainer = TorchTrainer(
@@ -153,8 +151,6 @@ def train(name: str, root: str | Path, config: str | None = None, *, workers: in
         result = _fit_with_graceful_stop(trainer, stop_flag)
     finally:
         ray.kill(stop_flag)
-        if started_ray:
-            ray.shutdown()
     metrics = dict(result.metrics or {})
     best = result.get_best_checkpoint("val_score", "min") if result.best_checkpoints else result.checkpoint
     return TrainSummary(name, run_dir, int(metrics.get("epoch", 0)), bool(metrics.get("stopped")),
