@@ -55,6 +55,7 @@ class SampleRequest:
     metre: Metre | str | int | None = None       # None: 4/4
     context: Context = "start"                   # the first bar's context
     z: np.ndarray | None = None                  # the first bar's z (None: from the prior)
+    context_metre: Metre | str | int | None = None   # the context bar's metre (None: `metre`)
 
 
 @dataclass
@@ -192,11 +193,14 @@ class Generator:
         return decode_bars(self.model, state, metres, temperatures, keys, bar_index,
                            pitch_end=p_end, instr_end=i_end, max_rows=self.max_rows)
 
-    def _carry(self, contexts: Sequence[Context], metres: Sequence[Metre]
+    def _carry(self, contexts: Sequence[Context], context_metres: Sequence[Metre]
                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The active sets carried into the decoded bars: the notes of each context bar still
+        sounding at its end, measured with the CONTEXT bar's metre (its length and grid), which
+        differs from the decoded bar's across a metre change."""
         p = np.zeros((len(contexts), V.NUM_PITCHES), dtype=np.int64)
         i = np.zeros((len(contexts), V.NUM_INSTRUMENTS), dtype=np.int64)
-        for b, (c, m) in enumerate(zip(contexts, metres)):
+        for b, (c, m) in enumerate(zip(contexts, context_metres)):
             if not isinstance(c, str):
                 p[b], i[b] = carry_from_rows(np.asarray(c), m)
         return torch.from_numpy(p).to(self.device), torch.from_numpy(i).to(self.device)
@@ -215,7 +219,8 @@ class Generator:
         contexts: list[Context] = [r.context for r in requests]
         keys = self._keys([(r.seed, r.index) for r in requests])
         temps = self._temps([r.temperatures for r in requests])
-        p_end, i_end = self._carry(contexts, metres)
+        p_end, i_end = self._carry(contexts, [_context_metre(r.context_metre, m)
+                                              for r, m in zip(requests, metres)])
         out: list[list[np.ndarray]] = [[] for _ in requests]
         for bar in range(max(r.n_bars for r in requests)):
             live = [k for k, r in enumerate(requests) if r.n_bars > bar]
@@ -239,11 +244,13 @@ class Generator:
     def sample(self, n_bars: int, n_samples: int = 1, seed: int = 0,
                temperatures: Temperatures | None = None, metre: Metre | str | int | None = None,
                context_rows: np.ndarray | None = None, z: np.ndarray | None = None,
-               context: str = "start") -> list[list[np.ndarray]]:
+               context: str = "start", context_metre: Metre | str | int | None = None
+               ) -> list[list[np.ndarray]]:
         """`n_samples` chains of `n_bars` bars, decoded together. The first bar's context is
-        `context_rows` if given, else `context` ("start" or "zeros"); its z is `z` if given."""
+        `context_rows` (in `context_metre`, default `metre`) if given, else `context` ("start" or
+        "zeros"); its z is `z` if given."""
         ctx: Context = context if context_rows is None else np.asarray(context_rows)
-        return self.sample_many([SampleRequest(n_bars, seed, k, temperatures, metre, ctx, z)
+        return self.sample_many([SampleRequest(n_bars, seed, k, temperatures, metre, ctx, z, context_metre)
                                  for k in range(n_samples)])
 
     # -- reconstruction -----------------------------------------------------------------------
@@ -254,7 +261,8 @@ class Generator:
                     metres: Sequence[Metre | str] | None = None, sample_index: int | Sequence[int] = 0
                     ) -> Reconstruction:
         """Reconstruct bars: objects or dicts with `inputs` (rows [T, 5]), `context` (rows, "start"
-        or "zeros"), `active` (uint8 [T, 15], needed with teacher forcing) and `metre`.
+        or "zeros"), `active` (uint8 [T, 15], needed with teacher forcing), `metre` and
+        `context_metre` (the context bar's metre; default: `metre`).
         `context` overrides every bar's context ("start" / "zeros": --no-ctx). z = posterior mean.
         `seed`, `sample_index` and `temperatures` are one for all bars or one per bar (so
         independent requests batch together); bar i uses the stream sample_key(seed_i, index_i)."""
@@ -291,7 +299,8 @@ class Generator:
                 for k in PROPERTIES:
                     stats.add_logp(k, sums[k][b])
         else:
-            decoded = self.decode(z, ctx, metres, temps, keys, 0, self._carry(contexts, metres))
+            ctx_metres = [_context_metre(_field(b, "context_metre"), m) for b, m in zip(bars, metres)]
+            decoded = self.decode(z, ctx, metres, temps, keys, 0, self._carry(contexts, ctx_metres))
             rows = decoded.rows
             stats.capped += int(decoded.capped.sum())
         for pred, target, metre in zip(rows, inputs, metres):
@@ -302,12 +311,15 @@ class Generator:
     @torch.no_grad()
     def interpolate(self, a: Any, b: Any, steps: int, slerp: bool = False, context: Context | None = None,
                     seed: int = 0, temperatures: Temperatures | None = None,
-                    metre: Metre | str | None = None) -> list[np.ndarray]:
+                    metre: Metre | str | None = None, context_metre: Metre | str | None = None
+                    ) -> list[np.ndarray]:
         """S + 1 bars decoded from z_a to z_b inclusive (z = posterior means of bars a and b,
         each a bar as in `reconstruct`, encoded under its own context). Decoding context:
         `context` if given, else the context summaries of a and b interpolated linearly with z,
         so the endpoints are exactly the reconstructions of a and b. Every point uses the random
-        stream of sample 0 of `seed`, the one `reconstruct(seed=seed)` uses."""
+        stream of sample 0 of `seed`, the one `reconstruct(seed=seed)` uses. The carried active
+        sets use each context bar's own metre (`context_metre` for `context`, the bars'
+        `context_metre` fields otherwise)."""
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         if not self.uses_vae:
@@ -322,23 +334,30 @@ class Generator:
             shared = self.context_summary([context])
             ctx = None if shared is None else shared.expand(len(ts), -1)
             half = [context] * len(ts)
+            half_metres = [_context_metre(context_metre, metre)] * len(ts)
         else:
             ctx = (None if summaries is None else
                    torch.stack([_interp(summaries[0], summaries[1], t, False) for t in ts]))
             half = [ctx_a if t <= 0.5 else ctx_b for t in ts]
+            cm_a, cm_b = (_context_metre(_field(x, "context_metre"), parse_metre(_field(x, "metre", metre)))
+                          for x in (a, b))
+            half_metres = [cm_a if t <= 0.5 else cm_b for t in ts]
         n = len(ts)
         decoded = self.decode(z, ctx, [metre] * n, self._temps([temperatures] * n),
-                              self._keys([(seed, 0)] * n), 0, self._carry(half, [metre] * n))
+                              self._keys([(seed, 0)] * n), 0, self._carry(half, half_metres))
         return decoded.rows
 
     @torch.no_grad()
     def decode_under_contexts(self, contexts: Sequence[Context], z: np.ndarray | None = None,
                               n_bars: int = 1, n_samples: int = 1, seed: int = 0,
                               temperatures: Temperatures | None = None,
-                              metre: Metre | str | None = None) -> list[list[list[np.ndarray]]]:
+                              metre: Metre | str | None = None,
+                              context_metres: Sequence[Metre | str | None] | None = None
+                              ) -> list[list[list[np.ndarray]]]:
         """n_pred: for each of `n_samples` tries, one z (given, or one prior draw per try)
         decoded under every context; returns [try][context][bar] rows. With a learned prior the
-        shared draw is the same noise eps under each context's p(z | c)."""
+        shared draw is the same noise eps under each context's p(z | c). `context_metres`: each
+        context bar's metre (default: `metre`)."""
         if not contexts:
             raise ValueError("decode_under_contexts needs at least one context")
         metre = parse_metre(metre)
@@ -352,11 +371,16 @@ class Generator:
                 else:
                     key = self._keys([(seed, k)] * len(contexts))
                     zs = list(self.prior_z(summaries, key, 0).cpu().numpy())
-            for c, zc in zip(contexts, zs):
-                requests.append(SampleRequest(n_bars, seed, k, temperatures, metre, c, zc))
+            for c, zc, cm in zip(contexts, zs, context_metres or [None] * len(contexts)):
+                requests.append(SampleRequest(n_bars, seed, k, temperatures, metre, c, zc, cm))
         flat = self.sample_many(requests)
         m = len(contexts)
         return [flat[k * m:(k + 1) * m] for k in range(n_samples)]
+
+
+def _context_metre(given: Metre | str | int | None, bar_metre: Metre) -> Metre:
+    """A context bar's metre: the one given, else (nothing else known) the decoded bar's."""
+    return bar_metre if given is None else parse_metre(given)
 
 
 def _interp(a: torch.Tensor, b: torch.Tensor, t: float, slerp: bool) -> torch.Tensor:

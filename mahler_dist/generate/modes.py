@@ -60,8 +60,8 @@ class GenerateOptions:
 
 
 @dataclass
-class Piece:
-    """A piece of ROOT/pieces, with its bar samples."""
+class PieceWindows:
+    """A stored piece (ROOT/pieces) as its bar samples, by bar (not music.piece.Piece, the notes)."""
 
     piece_id: str
     label: str
@@ -151,14 +151,14 @@ def resolve_piece(root: Path, file: str) -> tuple[str, str]:
     return piece_id, label
 
 
-def load_windows(root: Path, piece_id: str, label: str) -> Piece:
+def load_windows(root: Path, piece_id: str, label: str) -> PieceWindows:
     from mahler_dist.data.shards import load_piece
 
     stored = load_piece(root, piece_id)
-    return Piece(piece_id, label, bar_windows(stored.rows))
+    return PieceWindows(piece_id, label, bar_windows(stored.rows))
 
 
-def _session_piece(s: Session, units: list[Unit], mode: str) -> Piece | None:
+def _session_piece(s: Session, units: list[Unit], mode: str) -> PieceWindows | None:
     piece = None
     if s.opts.file:
         piece_id, label = resolve_piece(s.root, s.opts.file)
@@ -167,12 +167,25 @@ def _session_piece(s: Session, units: list[Unit], mode: str) -> Piece | None:
     return piece
 
 
-def _context_of(s: Session, piece: Piece, unit: Unit):
+def _context_of(s: Session, piece: PieceWindows, unit: Unit):
     """The unit's context for encoding/decoding: bar N-1 (or START) with c, else the default."""
     return piece.windows[unit.index].context if unit.ctx else s.default_context
 
 
-def _context_bar(piece: Piece, unit: Unit) -> tuple[list[np.ndarray], list]:
+def _context_metre(piece: PieceWindows, index: int) -> str | None:
+    """The metre of bar `index`'s context bar, bar index - 1 (None at a chunk start: START).
+    The active sets carried into a bar are measured in it (generator._carry)."""
+    if index == 0 or piece.windows[index].context[0, 2] < 0:    # START row: duration -1
+        return None
+    return piece.windows[index - 1].metre
+
+
+def _unit_context_metre(piece: PieceWindows, unit: Unit) -> str | None:
+    """The context metre of a unit's context: its bar's with c, none for the default context."""
+    return _context_metre(piece, unit.index) if unit.ctx else None
+
+
+def _context_bar(piece: PieceWindows, unit: Unit) -> tuple[list[np.ndarray], list]:
     """The context bar to write before a c-unit's output ([] at a chunk start: START)."""
     w = piece.windows[unit.index]
     if not unit.ctx or w.context[0, 2] < 0:    # START row: duration -1
@@ -180,11 +193,11 @@ def _context_bar(piece: Piece, unit: Unit) -> tuple[list[np.ndarray], list]:
     return [w.context], [parse_metre(piece.windows[unit.index - 1].metre)]
 
 
-def _label(piece: Piece | None) -> str:
+def _label(piece: PieceWindows | None) -> str:
     return safe_label(piece.label) if piece else "none"
 
 
-def _encode_units(s: Session, piece: Piece, units: list[Unit]) -> dict[int, np.ndarray]:
+def _encode_units(s: Session, piece: PieceWindows, units: list[Unit]) -> dict[int, np.ndarray]:
     """Posterior means of the z-units, one batch: {position in `units`: z}."""
     zs = [(i, u) for i, u in enumerate(units) if u.z]
     if not zs:
@@ -207,8 +220,9 @@ def _pred(s: Session) -> None:
         metre = parse_metre(s.opts.meter or seed_metre)
         ctx = _context_of(s, piece, u) if u.index is not None else s.default_context
         for k in range(s.opts.samples):
+            cm = _unit_context_metre(piece, u) if u.index is not None else None
             requests.append(SampleRequest(s.opts.length, s.seed, len(requests), s.temps, metre, ctx,
-                                          zs.get(i)))
+                                          zs.get(i), cm))
             meta.append((u, k, metre))
     s.say(f"pred: {len(requests)} samples x {s.opts.length} bars, decoded together")
     out = s.gen.sample_many(requests)
@@ -227,7 +241,7 @@ def _recon(s: Session) -> None:
         w = piece.windows[u.index]
         for k in range(s.opts.samples):
             bars.append({"inputs": w.inputs, "active": w.active, "metre": w.metre,
-                         "context": _context_of(s, piece, u)})
+                         "context": _context_of(s, piece, u), "context_metre": _unit_context_metre(piece, u)})
             index.append(k)
     rec = s.gen.reconstruct(bars, s.seed, s.temps, s.opts.teacher_forcing, sample_index=index)
     _print_stats(s, "recon", rec.stats)
@@ -271,7 +285,7 @@ def _n_recon(s: Session) -> None:
             raise MahlerError(f"n_recon: no pieces in split {split!r} under {s.root}")
     stats = ReconStats()
     ctx_override = s.default_context if s.opts.no_ctx else None
-    pending: list[BarSample] = []
+    pending: list[dict] = []
     done = 0
 
     def flush() -> None:
@@ -288,10 +302,11 @@ def _n_recon(s: Session) -> None:
     for piece_id, label in pieces:
         if s.opts.max_bars is not None and done + len(pending) >= s.opts.max_bars:
             break
-        for w in load_windows(s.root, piece_id, label).windows:
+        piece = load_windows(s.root, piece_id, label)
+        for b, w in enumerate(piece.windows):
             if s.opts.max_bars is not None and done + len(pending) >= s.opts.max_bars:
                 break
-            pending.append(w)
+            pending.append({**w.as_dict(), "context_metre": _context_metre(piece, b)})
             if len(pending) >= s.opts.batch_size:
                 flush()
     if pending:
@@ -324,14 +339,16 @@ def _intpol(s: Session) -> None:
     zu = [u for u in units if u.z]
     cu = [u for u in units if not u.z]
     shared = piece.windows[cu[0].index].context if cu else None
+    shared_metre = _context_metre(piece, cu[0].index) if cu else None
     default = shared if shared is not None else s.default_context
     ends = []
     for u in zu:
         w = piece.windows[u.index]
-        ends.append({"inputs": w.inputs, "metre": w.metre, "context": w.context if u.ctx else default})
+        ends.append({"inputs": w.inputs, "metre": w.metre, "context": w.context if u.ctx else default,
+                     "context_metre": _context_metre(piece, u.index) if u.ctx else shared_metre})
     metre = parse_metre(s.opts.meter or piece.windows[zu[0].index].metre)
     rows = s.gen.interpolate(ends[0], ends[1], s.opts.steps, s.opts.slerp, context=shared, seed=s.seed,
-                             temperatures=s.temps, metre=metre)
+                             temperatures=s.temps, metre=metre, context_metre=shared_metre)
     pre, pre_m = _context_bar(piece, cu[0]) if cu else ([], [])
     bars = pre + [ends[0]["inputs"]] + rows + [ends[1]["inputs"]]
     metres = pre_m + [parse_metre(ends[0]["metre"])] + [metre] * len(rows) + [parse_metre(ends[1]["metre"])]
@@ -351,7 +368,8 @@ def _n_pred(s: Session) -> None:
         z = _encode_units(s, piece, zu)[0]
     contexts = [piece.windows[u.index].context for u in cu]
     metre = parse_metre(s.opts.meter or piece.windows[cu[0].index].metre)
-    out = s.gen.decode_under_contexts(contexts, z, s.opts.length, s.opts.samples, s.seed, s.temps, metre)
+    out = s.gen.decode_under_contexts(contexts, z, s.opts.length, s.opts.samples, s.seed, s.temps, metre,
+                                      [_context_metre(piece, u.index) for u in cu])
     ts = timestamp()
     zlabel = f"_z{zu[0].label}" if zu else ""
     for k, per_context in enumerate(out):

@@ -342,3 +342,58 @@ def test_job_entry_point(trained):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "pred_none_unitnone_try0_" in result.stdout
+
+
+# -- the active sets carried into a bar across a metre change --------------------------------------
+
+
+def _three_four_then_four_four():
+    """Bar 0 in 3/4 with a half note on its last beat (sounding 1 beat into bar 1), bar 1 in 4/4."""
+    from mahler_dist.music.piece import Piece, bars_for
+    from mahler_dist.music.rows import bar_windows, piece_to_rows
+    from mahler_dist.music.timing import Metre
+
+    half, quarter = (int(np.flatnonzero(CLASS_TICKS == t)[0]) for t in (960, 480))
+    bars = bars_for([(Metre(3, 4), 1), (Metre(4, 4), 1)])
+    notes = [(0, 960, half, 40, 2), (1, 0, quarter, 52, 5)]
+    return bar_windows(piece_to_rows(Piece("metre change", bars, np.array(notes))))
+
+
+def _carried_active(gen):
+    """The active sets at the start of each decoded bar, from the carry that Generator.decode
+    gets (notes of the context bar still sounding there), packed as the data packs them."""
+    from mahler_dist.generate.sampler import pack_active
+
+    seen = []
+    decode = gen.decode
+
+    def recording(z, ctx, metres, temperatures, keys, bar_index=0, carry=None):
+        p_end, i_end = carry
+        seen.append(pack_active(p_end > 0, i_end > 0))
+        return decode(z, ctx, metres, temperatures, keys, bar_index, carry)
+
+    gen.decode = recording
+    return seen
+
+
+def test_carried_active_sets_use_the_context_bars_metre():
+    from mahler_dist.generate import modes
+
+    windows = _three_four_then_four_four()
+    ctx, target = windows[1].context, windows[1]
+    assert windows[0].metre == "3/4" and target.metre == "4/4"
+    expected = target.active[0]                   # music/rows: what sounds at bar 1's start
+    assert expected.any(), "the half note of the 3/4 bar must sound into the 4/4 bar"
+    cfg = load_config(resolve_config_path("tiny"))
+    torch.manual_seed(0)
+    gen = Generator(MahlerNet(cfg.model), cfg)
+    seen = _carried_active(gen)
+    gen.reconstruct([{"inputs": target.inputs, "context": ctx, "metre": "4/4", "context_metre": "3/4"}],
+                    temperatures=ARGMAX)
+    assert np.array_equal(seen[0][0].numpy(), expected)
+    seen.clear()
+    gen.sample_many([SampleRequest(1, 0, 0, ARGMAX, "4/4", ctx, context_metre="3/4")])
+    assert np.array_equal(seen[0][0].numpy(), expected)
+    # generate's modes take the context metre from the piece's bar before
+    piece = modes.PieceWindows("p", "p", windows)
+    assert modes._context_metre(piece, 1) == "3/4" and modes._context_metre(piece, 0) is None
