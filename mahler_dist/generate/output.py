@@ -17,11 +17,9 @@ from typing import Sequence
 import numpy as np
 
 from mahler_dist.errors import MahlerError
-from mahler_dist.music import piece as P
 from mahler_dist.music.instruments import write_back_programs
 from mahler_dist.music.midi_io import write_midi
-from mahler_dist.music.piece import Bar, Piece
-from mahler_dist.music.rows import decode_bar, piece_to_score
+from mahler_dist.music.rows import piece_to_score, rows_to_piece
 from mahler_dist.music.timing import Metre, normalise_metre
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.\-]+")
@@ -49,20 +47,6 @@ def parse_metre(value: str | int | Metre | None, default: Metre | None = None) -
         return normalise_metre(int(m.group(1)), int(m.group(2)))
     except MahlerError as e:
         raise MetreError(f"metre {value!r}: {e}") from None
-
-
-def rows_to_piece(bars: Sequence[np.ndarray], metres: Sequence[Metre], name: str = "generated") -> Piece:
-    """Consecutive bars (rows per bar, one metre per bar) -> a Piece, one chunk."""
-    if len(bars) != len(metres):
-        raise ValueError(f"{len(bars)} bars but {len(metres)} metres")
-    piece_bars, notes, tick = [], [], 0
-    for b, (rows, metre) in enumerate(zip(bars, metres)):
-        piece_bars.append(Bar(tick, metre, chunk_start=(b == 0)))
-        tick += metre.bar_score_ticks
-        notes.extend((b, pos, dur, pitch, instr)
-                     for pos, dur, pitch, instr in decode_bar(rows, metre.bar_ticks))
-    arr = np.asarray(notes, dtype=np.int64).reshape(-1, 5)
-    return Piece(name, piece_bars, P.sort_piece_notes(arr))
 
 
 def rows_to_midi_bytes(bars: Sequence[np.ndarray], metres: Sequence[Metre] | Metre,

@@ -11,7 +11,7 @@ A pause row's beat and active sets are taken at its end, where it moves the time
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import chain
@@ -22,7 +22,7 @@ from mahler_dist.music import piece as P
 from mahler_dist.music.instruments import write_back_programs
 from mahler_dist.music.piece import Piece
 from mahler_dist.music.score import MetreChange, Score, sort_notes
-from mahler_dist.music.timing import CLASS_TICKS, allowed_classes, beat_position, class_of_ticks, decompose_gap
+from mahler_dist.music.timing import CLASS_TICKS, Metre, allowed_classes, beat_position, class_of_ticks, decompose_gap
 from mahler_dist.music.vocab import (
     ACTIVE_BYTES,
     BEAT,
@@ -179,15 +179,32 @@ def end_offset_class(bar_rows: np.ndarray, metre) -> int:
     return next((c for c in allowed if CLASS_TICKS[c] >= remaining), allowed[-1])
 
 
-def rows_to_piece(rows: PieceRows, template: Piece) -> Piece:
-    """Decode rows back into notes on the bars of `template` (its bars, metres and chunks).
-    Onsets past the bar end are dropped (a generated bar cannot overflow)."""
+def rows_to_piece(rows: PieceRows | Sequence[np.ndarray], layout: Piece | Sequence[P.Bar] | Sequence[Metre],
+                  name: str | None = None) -> Piece:
+    """Decode rows back into notes: the one decoder from rows to a Piece (encode's round trip,
+    generated bars, piano rolls).
+
+    `rows`: a PieceRows, or one row array per bar. `layout`: the bars to decode onto, as a Piece
+    (a template: its bars, metres and chunks, and its name), its list of Bars, or one Metre per
+    bar (bars laid end to end, one chunk: generated music). Onsets past a bar's end are dropped
+    (a generated bar cannot overflow)."""
+    bar_rows = [rows.bar(b)[0] for b in range(rows.num_bars)] if isinstance(rows, PieceRows) else list(rows)
+    if isinstance(layout, Piece):
+        name, bars = name or layout.name, list(layout.bars)
+    elif all(isinstance(m, Metre) for m in layout):
+        bars, tick = [], 0
+        for metre in layout:
+            bars.append(P.Bar(tick, metre, chunk_start=not bars))
+            tick += metre.bar_score_ticks
+    else:
+        bars = list(layout)
+    if len(bar_rows) != len(bars):
+        raise ValueError(f"{len(bar_rows)} bars of rows but {len(bars)} bars to decode them onto")
     out = []
-    for b, bar in enumerate(template.bars):
-        bar_rows, _ = rows.bar(b)
-        out.extend((b, pos, dur, pitch, instr) for pos, dur, pitch, instr in decode_bar(bar_rows, bar.metre.bar_ticks))
+    for b, (one_bar, bar) in enumerate(zip(bar_rows, bars)):
+        out.extend((b, pos, dur, pitch, instr) for pos, dur, pitch, instr in decode_bar(one_bar, bar.metre.bar_ticks))
     notes = np.asarray(out, dtype=np.int64).reshape(-1, 5)
-    return Piece(template.name, list(template.bars), P.sort_piece_notes(notes))
+    return Piece(name or "generated", bars, P.sort_piece_notes(notes))
 
 
 def decode_bar(bar_rows: np.ndarray, bar_ticks: int) -> list[tuple[int, int, int, int]]:

@@ -116,7 +116,7 @@ def epoch_piano_roll(model: torch.nn.Module, config: Config, epoch: int, out_dir
     """Rank 0, end of an epoch: 4 bars sampled from the START context as a piano-roll PNG, so the
     W&B run (and the run folder) shows what the model writes as it learns."""
     from mahler_dist.generate.generator import Generator
-    from mahler_dist.generate.output import rows_to_piece
+    from mahler_dist.music.rows import rows_to_piece
     from mahler_dist.music.timing import Metre
     from mahler_dist.plots import piano_roll
 

@@ -397,3 +397,21 @@ def test_carried_active_sets_use_the_context_bars_metre():
     # generate's modes take the context metre from the piece's bar before
     piece = modes.PieceWindows("p", "p", windows)
     assert modes._context_metre(piece, 1) == "3/4" and modes._context_metre(piece, 0) is None
+
+
+def test_one_rows_to_piece_for_templates_and_generated_bars():
+    """music.rows.rows_to_piece is the only decoder: generate uses it, and a piece's rows decode
+    the same onto its own bars as onto its metres laid end to end (one chunk)."""
+    from mahler_dist.generate import output
+    from mahler_dist.music import rows as music_rows
+
+    assert output.rows_to_piece is music_rows.rows_to_piece
+    enc = encode_file(EXAMPLE)
+    bars = [enc.rows.bar(b)[0] for b in range(enc.rows.num_bars)]
+    onto_template = music_rows.rows_to_piece(enc.rows, enc.piece)
+    onto_metres = music_rows.rows_to_piece(bars, [b.metre for b in enc.piece.bars], enc.piece.name)
+    assert onto_template.name == onto_metres.name == enc.piece.name
+    assert np.array_equal(onto_template.notes, onto_metres.notes) and len(onto_template.notes)
+    assert [b.start for b in onto_template.bars] == [b.start for b in onto_metres.bars]
+    with pytest.raises(ValueError, match="bars"):
+        music_rows.rows_to_piece(bars[:2], enc.piece.bars)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mahler_dist.generate.output import rows_to_piece
+from mahler_dist.music.rows import rows_to_piece
 from mahler_dist.music.piece import Piece, bars_for
 from mahler_dist.music.rows import piece_to_score
 from mahler_dist.music.timing import Metre
