@@ -28,6 +28,8 @@ from mahler_dist.errors import MahlerError
 from mahler_dist.music.encode import decode_to_midi, encode_bytes
 from mahler_dist.music.rows import PieceRows, bar_windows
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))   # crafted_midi
+
 # --------------------------------------------------------------------------------------------------
 # Keys and names
 
@@ -431,3 +433,39 @@ def test_tar_writer_names_the_member_whose_name_is_too_long():
     tar = TarShardWriter(io.BytesIO())
     with pytest.raises(ValueError, match="é" * 50):
         tar.add_many(["a" * 60, "é" * 50], [b"", b""])   # 60 characters fit; 50 two-byte ones do not
+
+
+# --------------------------------------------------------------------------------------------------
+# Limits checked before the work, and repairs counted
+
+
+def test_encode_record_limits_are_checked_before_the_work(piano_file):
+    import crafted_midi as C
+
+    name, data = piano_file
+    ok, _ = encode_record(data, name, DataConfig())
+    assert ok["status"] == "ok" and ok["repairs"] == []
+    cases = {"file too large": DataConfig(max_file_bytes=len(data) - 1),
+             "too many notes": DataConfig(max_notes=ok["notes_in"] - 1),
+             "too many bars": DataConfig(max_bars=ok["bars"] // 2)}
+    for reason, config in cases.items():
+        rec, npz = encode_record(data, name, config)
+        assert rec["status"] == "rejected" and rec["reason"].startswith(reason) and npz is None, rec["reason"]
+    t = time.perf_counter()
+    rec, _ = encode_record(C.huge_deltas(), "huge.mid", DataConfig())   # ~3e8 bars: MemoryError before
+    assert rec["reason"].startswith("too many bars") and time.perf_counter() - t < 5
+
+
+def test_plan_counts_repairs_and_contexts(piano_file):
+    from mahler_dist.data.preprocess import _plan
+
+    name, data = piano_file
+    rec, _ = encode_record(data, name, DataConfig(max_rows_per_bar=8))
+    repaired = dict(rec, path="b.mid", piece="f" * 16, repairs=["skipped unknown chunk 'XFIH' (12 bytes)"])
+    rejected = dict(rec, path="c.mid", piece="e" * 16, status="rejected", reason="truncated file",
+                    repairs=["unwrapped RIFF"])
+    manifest, _, stats = _plan([rec, repaired, rejected], DataConfig(max_rows_per_bar=8))
+    assert [m["repairs"] for m in manifest] == [[], repaired["repairs"], ["unwrapped RIFF"]]
+    assert stats["repairs"] == {"files": 2, "files_ok": 1, "kinds": {"skipped unknown chunk 'XFIH'": 1,
+                                                                      "unwrapped RIFF": 1}}
+    assert stats["contexts_too_long"] == 2 * rec["contexts_too_long"] > 0
