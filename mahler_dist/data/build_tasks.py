@@ -102,18 +102,18 @@ def _encode(data: bytes, rel: str, config: DataConfig, rec: dict) -> tuple[dict,
 
 
 def reader_limits(config: DataConfig) -> dict:
-    """read_midi's keyword arguments for the parse limits in `config` (none when the reader takes
-    none)."""
+    """read_midi's keyword arguments for the parse limits in `config`: a music.midi_io.ReadLimits
+    holding every DataConfig field of the same name (its other fields keep the reader's defaults);
+    none while the reader takes no limits."""
+    import dataclasses
+
     from mahler_dist.music import midi_io
 
     limits_cls = getattr(midi_io, "ReadLimits", None)
     if limits_cls is None:
         return {}
-    return {"limits": limits_cls(**{k: getattr(config, v) for k, v in READER_LIMIT_FIELDS.items()})}
-
-
-#: ReadLimits field -> DataConfig field.
-READER_LIMIT_FIELDS: dict[str, str] = {}
+    shared = {f.name for f in dataclasses.fields(limits_cls)} & {f.name for f in dataclasses.fields(DataConfig)}
+    return {"limits": limits_cls(**{name: getattr(config, name) for name in sorted(shared)})}
 
 
 def bar_bound(score) -> int:
