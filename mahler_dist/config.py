@@ -14,6 +14,7 @@ import json
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -315,8 +316,20 @@ def save_config(config: Config, path: str | Path) -> None:
     Path(path).write_text(config.to_yaml())
 
 
-#: The shipped presets (configs/ at the repository root; the package is installed editable).
-PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
+def _presets_dir() -> Path:
+    """configs/ at the repository root ships as the package mahler_dist.configs (pyproject.toml
+    maps it), so a plain `pip install .` carries the presets. It is a regular package on disk, so
+    files() is a real directory. A checkout imported without being installed (PYTHONPATH=., or a
+    Ray job's working_dir shadowing the installed package) has no such package: its presets are
+    the checkout's own configs/."""
+    try:
+        return Path(resources.files("mahler_dist.configs"))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "configs"
+
+
+#: The shipped presets (see _presets_dir).
+PRESETS_DIR = _presets_dir()
 
 
 def resolve_config_path(name_or_path: str | Path | None) -> Path | None:
