@@ -8,7 +8,6 @@ Ctrl-C once: the workers finish the epoch, checkpoint and stop; twice: stop now.
 
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 import sys
@@ -30,14 +29,13 @@ from mahler_dist.train.tracking import TrackingCallback
 
 
 
-def split_urls(root: Path, split: str) -> list[str]:
-    """The shard files of a split, from ROOT/shards/index.json (written by `mahler preprocess`)."""
-    index_path = root / "shards" / "index.json"
-    if not index_path.exists():
-        raise MahlerError(f"no training data: {index_path} is missing; run `mahler preprocess {root}` first")
-    index = json.loads(index_path.read_text())
-    return [str(root / "shards" / s["url"]) for s in index["shardlist"]
-            if s.get("split") == split and s.get("nsamples", 1) > 0]
+def split_urls(root: Path, split: str, index: dict) -> list[str]:
+    """The non-empty shard files of a split, all of the one build `index` describes (the run pins
+    the build it resolved once, so a preprocess publishing meanwhile cannot mix two builds)."""
+    from mahler_dist.data import shards as S
+
+    sizes = {s["url"]: s.get("nsamples", 1) for s in index["shardlist"]}
+    return [u for u in S.shard_urls(root, split, index=index) if sizes.get(u.rsplit("/", 1)[-1], 1) > 0]
 
 
 @ray.remote(num_cpus=0)
@@ -111,9 +109,12 @@ def train(name: str, root: str | Path, config: str | None = None, *, workers: in
         if not yes and not _confirm(f"delete run {run_dir} and start over?"):
             raise MahlerError("restart cancelled")
         shutil.rmtree(run_dir)
-    train_urls, val_urls = split_urls(root, "train"), split_urls(root, "val")
+    from mahler_dist.data.shards import read_index
+
+    index = read_index(root)   # resolves ROOT/CURRENT once: the run reads this build only
+    train_urls, val_urls = split_urls(root, "train", index), split_urls(root, "val", index)
     if not train_urls:
-        raise MahlerError(f"{root / 'shards'} has no training shards")
+        raise MahlerError(f"{root}: build {index['build']} has no training shards")
     cfg = resolve_run_config(run_dir, config, epochs)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
