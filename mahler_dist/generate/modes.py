@@ -146,8 +146,10 @@ def resolve_piece(root: Path, file: str) -> tuple[str, str]:
             raise MahlerError(f"--file {file!r} names several pieces: "
                               + ", ".join(f"{m['path']} ({m['piece']})" for m in hits))
         piece_id, label = hits[0]["piece"], Path(hits[0]["path"]).stem
-    if not (root / "pieces" / f"{piece_id}.npz").is_file():
-        raise MahlerError(f"--file {file!r}: ROOT/pieces/{piece_id}.npz is missing; run `mahler preprocess`")
+    from mahler_dist.data.shards import piece_path
+
+    if not Path(piece_path(root, piece_id)).is_file():   # in the build ROOT/CURRENT points to
+        raise MahlerError(f"--file {file!r}: {piece_path(root, piece_id)} is missing; run `mahler preprocess`")
     return piece_id, label
 
 
@@ -278,7 +280,9 @@ def _n_recon(s: Session) -> None:
         except OSError:
             if split != "all":
                 raise MahlerError(f"--split {split}: ROOT/manifest.jsonl is missing") from None
-            pieces = [(p.stem, p.stem) for p in sorted((s.root / "pieces").glob("*.npz"))
+            from mahler_dist.data.shards import PIECES_DIR, build_root
+
+            pieces = [(p.stem, p.stem) for p in sorted((Path(build_root(s.root)) / PIECES_DIR).glob("*.npz"))
                       if _PIECE_ID.match(p.stem)]
         scope = split
         if not pieces:
