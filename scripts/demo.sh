@@ -15,7 +15,7 @@ cp -n examples/midi/*.mid "$ROOT/input/" 2>/dev/null || true
 echo "== 1. What the representation makes of one file"
 "$MAHLER" inspect examples/midi/scn15_7.mid --write-midi "$ROOT/scn15_7.roundtrip.mid"
 
-echo; echo "== 2. Preprocess with Ray Data: $ROOT/input -> $ROOT/shards (WebDataset)"
+echo; echo "== 2. Preprocess with Ray Data: $ROOT/input -> $ROOT/builds/ID (WebDataset shards), $ROOT/CURRENT"
 "$MAHLER" preprocess "$ROOT" --val 0.25 --test 0
 
 echo; echo "== 3. Train the tiny preset with Ray Train, 2 DDP workers (re-running resumes)"
