@@ -1,11 +1,12 @@
 """MIDI bytes <-> `Score`: the only module that reads or writes MIDI files.
 
 `read_midi` parses a Standard MIDI File with a byte-level reader written for this hot path (about
-10x faster than mido building its message objects). It accepts exactly what `mido.MidiFile`
-(1.3, clip=False) accepts, rejecting the same malformed input (the tests compare the two on the
-corpora and on randomly damaged files), and additionally rejects SMPTE time division and files
-without usable notes. Every failure is a `MidiReadError` with a short reason. What it does to the
-music (each item is lossy):
+10x faster than mido building its message objects). On well-formed files it reads what
+`mido.MidiFile` (1.3, clip=False) reads (the tests compare the two on the corpora and on randomly
+damaged files). Where mido gives up on a file whose music is intact, it repairs and says so in
+`Score.repairs` (see REPAIRS below); it rejects what is truly broken, SMPTE time division, files
+without usable notes and files over the `ReadLimits`. Every failure is a `MidiReadError` with a
+short reason. What it does to the music (each item is lossy):
 
 - ticks are resampled to TICKS_PER_QUARTER (480), rounding half up: round(tick * 480 / tpb);
 - SMF type 0 and 1 tracks play in parallel; type 2 tracks are played one after another (each starts
@@ -13,12 +14,17 @@ music (each item is lossy):
 - notes are paired per track and (channel, pitch): a note_on while that key sounds closes the old
   note at the new onset (MahlerNet's rule), and a note_off at that same tick belongs to the closed
   note, as if note-offs sorted first at equal ticks; otherwise a note_off (or a note_on with velocity
-  0) closes the sounding note. Unmatched note_offs are ignored; notes never closed end at the last
-  event of their track. A second note_on for a key at the tick its sounding note started (a unison
-  doubling within one track) starts a twin that ends with it, so both stay (the quantiser merges
-  such doublings);
-- program of a note = the last program_change on its channel, in any track, at or before its onset
-  (ties at one tick: the later one in file order wins); 0 if there is none;
+  0) closes the sounding note. Unmatched note_offs are ignored. A note never closed ends at the end
+  of its track, but no later than HANGING_QUARTERS quarters after the track's last note onset or
+  note end (a hanging note is not stretched over a long silence before end_of_track). A second
+  note_on for a key at the tick its sounding note started (a unison doubling within one track)
+  starts a twin that ends with it, so both stay (the quantiser merges such doublings);
+- program of a note, resolved per (track, channel) as a sequencer playing the file would: the last
+  program_change of the note's own track on its channel at or before its onset; if its track has
+  none there yet, the program in effect on the channel at the onset, i.e. the last program_change
+  on that channel in any track at or before the onset (ties at one tick: the later in file order
+  wins); 0 if there is none. So in a type-0 file (one track) the program is the channel's, and two
+  tracks sharing a channel (a violin and a trombone track on channel 1) each keep their own;
 - velocities, controllers, pitch bend, key signatures, lyrics and sysex are discarded;
 - drum notes (channel index 9) are dropped (dropped["drum channel"]), then notes whose end equals
   their start after resampling (dropped["zero length"]); `source_notes` counts every note_on with
@@ -26,13 +32,28 @@ music (each item is lossy):
 - tempo map: sorted, one change per tick (the last wins), TempoChange(0, 500000) prepended when the
   first change is after tick 0 or there is none; tempo 0 (meaningless) is ignored;
 - metre map: sorted, one per tick (the last wins), repeats of the same metre merged; no implicit 4/4.
+- the end tick is the last event of any track or the last note end, whichever is later.
 
-- the end tick is the last event of any track or the last note end, whichever is later; ticks
-  beyond 2**40 (corrupt delta times) reject the file.
+REPAIRS: `Score.repairs` is a tuple of these phrases, in the order first met, each once, with
+" (xN)" appended when it was made N > 1 times (stable strings: the manifest counts them):
+
+- "unwrapped RIFF RMID": the SMF inside a RIFF RMID file's "data" chunk was read;
+- "unwrapped MacBinary": the SMF data fork behind a 128-byte MacBinary header was read;
+- "skipped unknown chunk 'TAG'": a chunk that is not MTrk (the SMF spec says to skip these);
+- "skipped malformed key signature", "skipped malformed tempo", "skipped malformed SMPTE offset",
+  "skipped malformed sequence number", "skipped malformed channel prefix": meta events with too few
+  data bytes or values out of range (mido rejects the file); none of them carries notes;
+- "read short time signature": a time signature with 2 or 3 data bytes (numerator and denominator
+  are there; only the metronome fields are missing); "skipped malformed time signature": fewer;
+- "ended hanging notes": notes never closed, ended as described above.
+
+LIMITS (`ReadLimits`) are checked before the work they bound: the file size before reading it, the
+note and event counts as they grow, and the length in ticks (at 480 per quarter) as soon as a
+delta time pushes past it; a file over a limit raises MidiReadError naming the limit and the value.
 
 `write_midi` writes a type-1 file (conductor track + one track per channel, velocity 64) that reads
 back to the same notes, tempos and metres (bytes are written directly; mido is only a test oracle
-now). `assign_channels` gives each program its own channel.
+now). `assign_channels` places programs on channels over time (at most 15 sounding at once).
 """
 
 from __future__ import annotations
@@ -41,7 +62,9 @@ import math
 import os
 import struct
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -61,20 +84,46 @@ from mahler_dist.music.score import (
     sort_notes,
 )
 
-__all__ = ["DRUM_CHANNEL", "DEFAULT_TEMPO", "VELOCITY", "assign_channels", "read_midi", "write_midi"]
+__all__ = ["DRUM_CHANNEL", "DEFAULT_TEMPO", "VELOCITY", "ChannelAssignment", "ReadLimits", "assign_channels",
+           "read_midi", "write_midi"]
 
 DRUM_CHANNEL = 9  # channel index (MIDI channel 10)
 DEFAULT_TEMPO = 500_000  # us per quarter (120 bpm)
 VELOCITY = 64  # the original's fixed output velocity (reference 5.1)
 DROP_DRUMS = "drum channel"
 DROP_ZERO_LENGTH = "zero length"
+HANGING_QUARTERS = 4  # a note never closed lasts at most this long after its track's last note event
 # ends[i] <= _TWIN means: note i ends when note (_TWIN - ends[i]) does (a unison doubling, see above)
 _TWIN = -2
 
-_MAX_TICK = 2**40  # ~ 65 years at 480 ticks per quarter and 120 bpm; keeps tick * 960 within int64
+_MAX_TICK = 2**40  # raw ticks; keeps tick * 960 and the program lookup keys within int64
 _MAX_CHUNK = 1_000_000  # mido's MAX_MESSAGE_LENGTH: longer meta/sysex events are rejected as it does
 # Total length (status included) of the system messages 0xF1..0xFE that mido accepts in a file.
 _SYSTEM_LENGTH = {0xF1: 2, 0xF2: 3, 0xF3: 2, 0xF6: 1, 0xF8: 1, 0xFA: 1, 0xFB: 1, 0xFC: 1, 0xFE: 1}
+_MACBINARY_HEADER = 128
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """Bounds on what one file may cost to read; each is checked before the work it bounds.
+
+    max_file_bytes: size of the file (or of the bytes given), checked before reading or parsing;
+    max_events: MIDI events (channel, meta, sysex and system messages) of all tracks together;
+    max_notes: note_ons with velocity > 0 (what `Score.source_notes` counts), drums included;
+    max_ticks: length in ticks at 480 per quarter (after resampling): the last event of any track
+      or note end; the default, 38,400,000, is 20,000 bars of 4/4 (about 11 hours at 120 bpm).
+    """
+
+    max_file_bytes: int = 64 << 20
+    max_events: int = 20_000_000
+    max_notes: int = 5_000_000
+    max_ticks: int = 20_000 * 4 * TICKS_PER_QUARTER
+
+    def __post_init__(self) -> None:
+        for name in ("max_file_bytes", "max_events", "max_notes", "max_ticks"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"ReadLimits.{name} must be a positive int, got {value!r}")
 
 
 class _Reject(Exception):
@@ -85,54 +134,118 @@ class _Reject(Exception):
 # Reading
 
 
-def read_midi(source: str | os.PathLike | bytes, name: str | None = None) -> Score:
+def read_midi(source: str | os.PathLike | bytes, name: str | None = None,
+              limits: ReadLimits = ReadLimits()) -> Score:
     """Parse a MIDI file (a path, or its raw bytes) into a `Score` at 480 ticks per quarter.
 
-    Lossy as described in the module docstring (drums, zero-length notes, velocities, controllers).
-    Raises `MidiReadError(name, reason)` for any file that cannot be turned into a Score, including
-    files without pitched notes; never another exception type.
+    Lossy as described in the module docstring (drums, zero-length notes, velocities, controllers);
+    what was repaired to read the file is in `Score.repairs`. Raises `MidiReadError(name, reason)`
+    for any file that cannot be turned into a Score, including files without pitched notes and
+    files over `limits`; never another exception type.
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
         label = name if name is not None else "<bytes>"
+        if len(source) > limits.max_file_bytes:
+            raise MidiReadError(label, _too_large(len(source), limits))
         data = bytes(source)
     else:
         try:
             label = name if name is not None else os.fspath(source)
-            data = Path(source).read_bytes()
+            path = Path(source)
+            size = path.stat().st_size
+            if size > limits.max_file_bytes:  # before reading it: a huge file costs nothing
+                raise MidiReadError(label, _too_large(size, limits))
+            data = path.read_bytes()
         except TypeError as exc:
             reason = f"not a path or bytes ({type(source).__name__})"
             raise MidiReadError(str(name or source), reason) from exc
         except OSError as exc:
             raise MidiReadError(label, f"cannot read file ({exc.strerror or exc})") from None
+        if len(data) > limits.max_file_bytes:  # it grew since stat
+            raise MidiReadError(label, _too_large(len(data), limits))
     try:
-        return _read(data)
+        return _read(data, limits)
     except _Reject as exc:
         raise MidiReadError(label, exc.args[0]) from None
+    except MemoryError:
+        raise MidiReadError(label, "out of memory while parsing") from None
     except Exception as exc:  # a bug here must still not escape as another type (pipeline contract)
         raise MidiReadError(label, f"internal error while parsing ({type(exc).__name__}: {exc})") from exc
 
 
-def _read(d: bytes) -> Score:
+def _too_large(size: int, limits: ReadLimits) -> str:
+    return f"file too large ({size:,} bytes > max_file_bytes {limits.max_file_bytes:,})"
+
+
+def _too_long(raw_tick: int, tpb: int, limits: ReadLimits) -> str:
+    ticks = _resample_int(raw_tick, tpb)
+    return f"too long ({ticks:,} ticks at 480 per quarter > max_ticks {limits.max_ticks:,}; huge delta times?)"
+
+
+def _read(d: bytes, limits: ReadLimits) -> Score:
+    out = _Collector()
+    d = _unwrap(d, out)
     fmt, ntracks, tpb, pos = _read_header(d)
-    notes = _Collector()
+    # The raw tick past which the resampled length surely exceeds max_ticks (exact check at the end).
+    raw_limit = min(_MAX_TICK, (limits.max_ticks + 1) * tpb // TICKS_PER_QUARTER + tpb)
+    budget = _Budget(limits, raw_limit)
     track_end = 0  # where the previous track ended: type 2 plays tracks one after another
     last_tick = 0
-    for k in range(ntracks):
-        if pos + 8 > len(d):
-            if pos >= len(d):
+    k = 0  # index of the next MTrk chunk (unknown chunks are skipped and do not count)
+    n = len(d)
+    while k < ntracks:
+        if pos + 8 > n:
+            if pos >= n:
                 raise _Reject(f"truncated file (the header declares {ntracks} tracks, found {k})")
             raise _Reject(f"truncated file (incomplete chunk header of track {k})")
         chunk = d[pos : pos + 4]
-        if chunk != b"MTrk":
-            raise _Reject(f"no MTrk header at start of track {k} (found chunk {chunk!r})")
         start = pos + 8
         end = start + int.from_bytes(d[pos + 4 : start], "big")
-        pos, tick = _parse_track(d, start, end, k, track_end if fmt == 2 else 0, notes)
+        if chunk != b"MTrk":  # the SMF spec: readers skip chunks they do not know
+            out.repair(f"skipped unknown chunk '{chunk.decode('latin-1').encode('unicode_escape').decode()}'")
+            pos = end
+            continue
+        pos, tick = _parse_track(d, start, end, k, track_end if fmt == 2 else 0, out, budget, tpb)
+        if tick > raw_limit:
+            raise _Reject(_too_long(tick, tpb, limits))
         last_tick = max(last_tick, tick)
         track_end = tick
-    if last_tick > _MAX_TICK:
-        raise _Reject(f"implausible length ({last_tick} ticks; corrupt delta times?)")
-    return notes.to_score(tpb, last_tick)
+        k += 1
+    score = out.to_score(tpb, last_tick)
+    if score.end_tick > limits.max_ticks:
+        raise _Reject(_too_long(score.end_tick * tpb // TICKS_PER_QUARTER, tpb, limits))
+    return score
+
+
+def _unwrap(d: bytes, out: "_Collector") -> bytes:
+    """The SMF inside a RIFF RMID or MacBinary file (recorded as a repair); other data as given."""
+    if d[:4] == b"RIFF" and d[8:12] == b"RMID":
+        pos = 12
+        while pos + 8 <= len(d):  # RIFF sub-chunks: id, little-endian size, data padded to even
+            size = int.from_bytes(d[pos + 4 : pos + 8], "little")
+            if d[pos : pos + 4] == b"data":
+                inner = d[pos + 8 : pos + 8 + size]
+                if inner[:4] != b"MThd":
+                    raise _Reject(f"not a MIDI file (RIFF RMID wrapper whose data chunk does not start with "
+                                  f"MThd; it starts with {inner[:8]!r})")
+                out.repair("unwrapped RIFF RMID")
+                return inner
+            pos += 8 + size + (size & 1)
+        raise _Reject("not a MIDI file (RIFF RMID wrapper without a data chunk)")
+    if _is_macbinary(d):
+        size = int.from_bytes(d[83:87], "big")  # length of the data fork, which follows the header
+        inner = d[_MACBINARY_HEADER : _MACBINARY_HEADER + size] if size else d[_MACBINARY_HEADER:]
+        if inner[:4] != b"MThd":
+            raise _Reject(f"not a MIDI file (MacBinary header; the data fork behind it does not start with "
+                          f"MThd; it starts with {inner[:8]!r})")
+        out.repair("unwrapped MacBinary")
+        return inner
+    return d
+
+
+def _is_macbinary(d: bytes) -> bool:
+    # Version byte 0, file name length 1..63, zero filler bytes 74 and 82 (MacBinary I/II/III).
+    return len(d) >= _MACBINARY_HEADER and d[0] == 0 and 1 <= d[1] <= 63 and d[74] == 0 and d[82] == 0
 
 
 def _read_header(d: bytes) -> tuple[int, int, int, int]:
@@ -160,11 +273,7 @@ def _read_header(d: bytes) -> tuple[int, int, int, int]:
 
 def _not_midi_reason(d: bytes) -> str:
     head = d[:8]
-    if d[:4] == b"RIFF" and d[8:12] == b"RMID":
-        what = "RIFF RMID wrapper; the MIDI data inside is not unpacked"
-    elif len(d) >= 128 and d[0] == 0 and 1 <= d[1] <= 63 and d[74] == 0 and d[82] == 0:
-        what = "MacBinary header; the data behind it is not unpacked"
-    elif d[:8] == b"SMF2CLIP":
+    if d[:8] == b"SMF2CLIP":
         what = "MIDI 2.0 Clip file, not a Standard MIDI File"
     elif d[:4] == b"PK\x03\x04":
         what = "ZIP archive"
@@ -179,8 +288,19 @@ def _not_midi_reason(d: bytes) -> str:
     return f"not a MIDI file ({what}; starts with {head!r})"
 
 
+class _Budget:
+    """What the rest of the file may still cost: notes and events left, the raw tick limit."""
+
+    __slots__ = ("limits", "raw_limit", "events")
+
+    def __init__(self, limits: ReadLimits, raw_limit: int) -> None:
+        self.limits = limits
+        self.raw_limit = raw_limit
+        self.events = 0
+
+
 class _Collector:
-    """Notes, program changes, tempos and metres of one file, as flat lists (raw ticks)."""
+    """Notes, program changes, tempos, metres and repairs of one file, as flat lists (raw ticks)."""
 
     def __init__(self) -> None:
         self.starts: list[int] = []
@@ -188,17 +308,24 @@ class _Collector:
         self.keys: list[int] = []  # channel << 7 | pitch
         self.track_counts: list[int] = []
         self.pc_ticks: list[int] = []
-        self.pc_keys: list[int] = []  # channel << 7 | program
+        self.pc_keys: list[int] = []  # track << 11 | channel << 7 | program
         self.tempos: list[tuple[int, int]] = []
         self.metres: list[tuple[int, int, int]] = []
+        self.repairs: Counter = Counter()  # insertion order = first met
+
+    def repair(self, what: str, times: int = 1) -> None:
+        self.repairs[what] += times
+
+    def repair_list(self) -> tuple[str, ...]:
+        return tuple(what if n == 1 else f"{what} (x{n})" for what, n in self.repairs.items())
 
     def to_score(self, tpb: int, last_tick: int) -> Score:
         starts = np.array(self.starts, dtype=np.int64)
         ends = np.array(self.ends, dtype=np.int64)
         keys = np.array(self.keys, dtype=np.int64)
         channels = keys >> 7
-        programs = self._programs(starts, channels)
         tracks = np.repeat(np.arange(len(self.track_counts), dtype=np.int64), self.track_counts)
+        programs = self._programs(starts, channels, tracks)
         source_notes = len(starts)
         if source_notes == 0:
             raise _Reject("file contains no notes")
@@ -229,7 +356,7 @@ class _Collector:
         notes[:, PROGRAM] = programs[keep]
         notes[:, CHANNEL] = channels[keep]
         notes[:, TRACK] = tracks[keep]
-        end_tick = max(int(_resample(np.array([last_tick]), tpb)[0]), int(notes[:, END].max()))
+        end_tick = max(_resample_int(last_tick, tpb), int(notes[:, END].max()))
         return Score(
             notes=sort_notes(notes),
             tempos=self._tempo_map(tpb),
@@ -237,21 +364,23 @@ class _Collector:
             end_tick=end_tick,
             source_notes=source_notes,
             dropped=dropped,
+            repairs=self.repair_list(),
         )
 
-    def _programs(self, starts: np.ndarray, channels: np.ndarray) -> np.ndarray:
-        """Last program_change on the note's channel at or before its onset (raw ticks), else 0."""
+    def _programs(self, starts: np.ndarray, channels: np.ndarray, tracks: np.ndarray) -> np.ndarray:
+        """The program of each note, per (track, channel), else per channel (module docstring)."""
         if not self.pc_ticks:
             return np.zeros(len(starts), dtype=np.int64)
         pc_ticks = np.array(self.pc_ticks, dtype=np.int64)
         pc_keys = np.array(self.pc_keys, dtype=np.int64)
-        pc_channels = pc_keys >> 7
-        order = np.lexsort((np.arange(len(pc_ticks)), pc_ticks, pc_channels))  # stable: file order
-        pc_channels, pc_ticks, pc_programs = pc_channels[order], pc_ticks[order], pc_keys[order] & 0x7F
+        pc_programs = pc_keys & 0x7F
+        pc_channels = (pc_keys >> 7) & 0x0F
+        pc_tracks = pc_keys >> 11
         span = int(max(pc_ticks.max(), starts.max(initial=0))) + 1
-        idx = np.searchsorted(pc_channels * span + pc_ticks, channels * span + starts, side="right") - 1
-        found = (idx >= 0) & (pc_channels[np.maximum(idx, 0)] == channels)
-        return np.where(found, pc_programs[np.maximum(idx, 0)], 0)
+        own_found, own = _last_at_or_before(pc_tracks * 16 + pc_channels, pc_ticks, pc_programs,
+                                            tracks * 16 + channels, starts, span)
+        channel_found, channel = _last_at_or_before(pc_channels, pc_ticks, pc_programs, channels, starts, span)
+        return np.where(own_found, own, np.where(channel_found, channel, 0))
 
     def _tempo_map(self, tpb: int) -> list[TempoChange]:
         by_tick: dict[int, int] = {}
@@ -277,6 +406,16 @@ class _Collector:
         return metres
 
 
+def _last_at_or_before(pc_groups, pc_ticks, pc_values, groups, ticks, span):
+    """For each (group, tick): (found, value of the last event of that group at or before tick);
+    events at one tick count in file order (the input order), so the later one wins."""
+    order = np.lexsort((np.arange(len(pc_ticks)), pc_ticks, pc_groups))
+    pc_groups, pc_ticks, pc_values = pc_groups[order], pc_ticks[order], pc_values[order]
+    idx = np.searchsorted(pc_groups * span + pc_ticks, groups * span + ticks, side="right") - 1
+    at = np.maximum(idx, 0)
+    return (idx >= 0) & (pc_groups[at] == groups), pc_values[at]
+
+
 def _resample(ticks: np.ndarray, tpb: int) -> np.ndarray:
     if tpb == TICKS_PER_QUARTER:
         return ticks
@@ -287,22 +426,32 @@ def _resample_int(tick: int, tpb: int) -> int:
     return (tick * (2 * TICKS_PER_QUARTER) + tpb) // (2 * tpb)
 
 
-def _parse_track(d: bytes, i: int, end: int, k: int, t: int, out: _Collector) -> tuple[int, int]:
+def _parse_track(d: bytes, i: int, end: int, k: int, t: int, out: _Collector, budget: _Budget,
+                 tpb: int) -> tuple[int, int]:
     """Parse track chunk `k` (events d[i:end]) starting at tick `t`; return (position, last tick).
 
     Mirrors mido's read_track: it stops only when the position hits `end` exactly (an event that
     overruns its chunk reads on into what follows, which then ends in an error), running status
     also follows system messages, and a data byte after a sysex running status is skipped.
+    The limits: the note count is checked at every note_on, the event count at every event, the
+    length whenever a multi-byte delta time moves `t` (one-byte deltas add at most 127 ticks per
+    event, so the caller's check at the end of the track bounds them).
     """
     starts, ends, keys, tempos = out.starts, out.ends, out.keys, out.tempos
     start_append, end_append, key_append = starts.append, ends.append, keys.append
     n = len(d)
     first_note = count = len(starts)
+    limits = budget.limits
+    max_notes, raw_limit = limits.max_notes, budget.raw_limit
+    events_left = limits.max_events - budget.events
     sounding: dict[int, int] = {}  # key -> index of its open note
     retriggered: dict[int, int] = {}  # key -> tick at which a note_on closed the previous note
     last_status = -1
+    done = 0
     try:
-        while i != end:
+        for done in range(events_left + 1):  # counts the events; cheaper than a counter in the loop
+            if i == end:
+                break
             b = d[i]
             i += 1
             if b > 127:  # variable-length delta time
@@ -314,6 +463,8 @@ def _parse_track(d: bytes, i: int, end: int, k: int, t: int, out: _Collector) ->
                     if b < 128:
                         break
                 t += delta
+                if t > raw_limit:
+                    raise _Reject(_too_long(t, tpb, limits) + f" in track {k}")
             else:
                 t += b
             status = d[i]
@@ -341,6 +492,8 @@ def _parse_track(d: bytes, i: int, end: int, k: int, t: int, out: _Collector) ->
                         raise _Reject(f"invalid data byte > 127 in track {k}")
                     key = (status & 0x0F) << 7 | pitch
                     if velocity and kind == 0x90:
+                        if count >= max_notes:
+                            raise _Reject(f"too many notes (more than max_notes {max_notes:,}, in track {k})")
                         old = sounding.get(key)
                         if old is not None:
                             if starts[old] != t:  # retrigger: the old note ends here
@@ -365,7 +518,7 @@ def _parse_track(d: bytes, i: int, end: int, k: int, t: int, out: _Collector) ->
                     if program > 127:
                         raise _Reject(f"invalid data byte > 127 in track {k}")
                     out.pc_ticks.append(t)
-                    out.pc_keys.append((status & 0x0F) << 7 | program)
+                    out.pc_keys.append(k << 11 | (status & 0x0F) << 7 | program)
                 elif kind == 0xD0:
                     if d[i] > 127:
                         raise _Reject(f"invalid data byte > 127 in track {k}")
@@ -385,7 +538,7 @@ def _parse_track(d: bytes, i: int, end: int, k: int, t: int, out: _Collector) ->
                 if mtype == 0x51 and length >= 3:
                     tempos.append((t, d[i] << 16 | d[i + 1] << 8 | d[i + 2]))
                 elif mtype in _CHECKED_META:
-                    _check_meta(d, mtype, i, length, t, k, out)
+                    _read_checked_meta(d, mtype, i, length, t, k, out)
                 i += length
                 if i > n:
                     raise IndexError
@@ -411,10 +564,17 @@ def _parse_track(d: bytes, i: int, end: int, k: int, t: int, out: _Collector) ->
                     i += length - 1
                     if i > n:
                         raise IndexError
+        else:  # the loop ran out before the track did
+            raise _Reject(f"too many events (more than max_events {limits.max_events:,}, in track {k})")
     except IndexError:
         raise _Reject(f"truncated file (unexpected end of data in track {k})") from None
-    for old in sounding.values():  # never terminated: close at the end of the track
-        ends[old] = t
+    budget.events += done
+    if sounding:  # never terminated: close at the end of the track, not long after its last note
+        last_note_event = max(max(starts[first_note:count]), max(ends[first_note:count]))
+        close = min(t, last_note_event + HANGING_QUARTERS * tpb)
+        for old in sounding.values():
+            ends[old] = max(close, starts[old])
+        out.repair("ended hanging notes", len(sounding))
     out.track_counts.append(count - first_note)
     return i, t
 
@@ -435,36 +595,43 @@ _CHECKED_META = frozenset((0x00, 0x20, 0x51, 0x54, 0x58, 0x59))
 _MIDO_BAD_EXPONENTS = frozenset(e for e in range(256) if math.log(2**e, 2) != int(math.log(2**e, 2)))
 
 
-def _check_meta(d: bytes, mtype: int, j: int, length: int, t: int, k: int, out: _Collector) -> None:
-    """Decode a time signature and reject exactly the meta events that mido cannot decode.
+def _read_checked_meta(d: bytes, mtype: int, j: int, length: int, t: int, k: int, out: _Collector) -> None:
+    """Decode a time signature; skip (as a repair) the meta events that mido cannot decode.
 
     Those are: tempo, time or key signature, SMPTE offset, sequence number or channel prefix with
     too few data bytes; key signatures outside -7..7 / major-minor; SMPTE frame-rate codes above 3.
-    The data is d[j : j + length]; the caller checks that it is all there.
+    None of them carries notes, so a sequencer ignores them and so does this reader. A time
+    signature with 2 or 3 data bytes still has its numerator and denominator and is read; one with
+    an absurd denominator (2**e that mido cannot decode, e.g. 2**171) leaves the bars unknown and
+    rejects the file. The data is d[j : j + length]; the caller checks that it is all there.
     """
     if j + length > len(d):
         raise IndexError
     if mtype == 0x58:
-        if length < 4:
-            raise _Reject(f"invalid time signature ({length} data bytes) in track {k}")
+        if length < 2:
+            out.repair("skipped malformed time signature")
+            return
         if d[j + 1] in _MIDO_BAD_EXPONENTS:
             raise _Reject(f"invalid time signature (denominator 2**{d[j + 1]}) in track {k}")
+        if length < 4:
+            out.repair("read short time signature")
         out.metres.append((t, d[j], 2 ** d[j + 1]))
     elif mtype == 0x51:  # only reached when too short
-        raise _Reject(f"invalid tempo event ({length} data bytes) in track {k}")
+        out.repair("skipped malformed tempo")
     elif mtype == 0x59:
         if length < 2:
-            raise _Reject(f"invalid key signature ({length} data bytes) in track {k}")
+            out.repair("skipped malformed key signature")
+            return
         key = d[j] - 256 if d[j] > 127 else d[j]
-        mode = d[j + 1]
-        if not (-7 <= key <= 7 and mode in (0, 1)):
-            accidentals = f"{key} sharps" if key >= 0 else f"{-key} flats"
-            raise _Reject(f"invalid key signature ({accidentals}, mode {mode}) in track {k}")
+        if not (-7 <= key <= 7 and d[j + 1] in (0, 1)):
+            out.repair("skipped malformed key signature")
     elif mtype == 0x54:  # frame rate code, minutes, seconds and sub-frames out of range
         if length < 5 or d[j] >> 5 > 3 or d[j + 1] > 59 or d[j + 2] > 59 or d[j + 4] > 99:
-            raise _Reject(f"invalid SMPTE offset event in track {k}")
-    elif (mtype == 0x00 and length == 1) or (mtype == 0x20 and length == 0):
-        raise _Reject(f"invalid meta event 0x{mtype:02x} ({length} data bytes) in track {k}")
+            out.repair("skipped malformed SMPTE offset")
+    elif mtype == 0x00 and length == 1:
+        out.repair("skipped malformed sequence number")
+    elif mtype == 0x20 and length == 0:
+        out.repair("skipped malformed channel prefix")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -56,7 +56,8 @@ class Score:
     """Notes (int64 [N, 6], columns NOTE_COLUMNS, sorted by `sort_notes`), tempo and metre maps.
 
     `dropped` counts source notes that are not in `notes`, by reason, so nothing is lost silently.
-    `source_notes` is the number of notes found in the file (kept + dropped).
+    `source_notes` is the number of notes found in the file (kept + dropped). `repairs` says what
+    the reader repaired to read the file (phrases listed in midi_io's docstring, REPAIRS).
     """
 
     notes: np.ndarray = field(default_factory=empty_notes)
@@ -65,6 +66,7 @@ class Score:
     end_tick: int = 0
     source_notes: int = 0
     dropped: Counter = field(default_factory=Counter)
+    repairs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.notes = np.asarray(self.notes, dtype=np.int64).reshape(-1, len(NOTE_COLUMNS))

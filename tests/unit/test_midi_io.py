@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mahler_dist.errors import MidiReadError
-from mahler_dist.music.midi_io import assign_channels, read_midi, write_midi
+from mahler_dist.music.midi_io import ReadLimits, assign_channels, read_midi, write_midi
 from mahler_dist.music.score import (
     CHANNEL,
     END,
@@ -192,8 +192,9 @@ def test_variable_length_deltas_of_four_bytes():
     delta = 0x0FFFFFFF  # the largest 4-byte quantity
     vlq = bytes([0xFF, 0xFF, 0xFF, 0x7F])
     body = bytes([0x00, 0x90, 60, 64]) + vlq + bytes([0x80, 60, 0]) + EOT
-    score = read_midi(raw_smf(body, division=480))
+    score = read_midi(raw_smf(body, division=480), limits=ReadLimits(max_ticks=delta))
     assert rows(score, START, END) == [(0, delta)]
+    assert "max_ticks 38,400,000" in reason(raw_smf(body, division=480))  # the default limit
 
 
 def test_input_forms_path_bytes_bytearray(tmp_path):
@@ -290,7 +291,11 @@ def test_program_is_the_channels_latest_change_at_onset_across_tracks():
 
 
 def test_program_changes_at_one_tick_the_later_in_file_order_wins():
+    # the note's own track decides first (6, not track 1's 7); a track without a program change
+    # takes the channel's, where the later of two at one tick in file order wins
     data = smf([prog(0, 5), prog(0, 6), on(0, 60), off(480, 60)], [prog(0, 7)])
+    assert rows(read_midi(data), PROGRAM) == [(6,)]
+    data = smf([prog(0, 5)], [prog(0, 7)], [on(0, 60), off(480, 60)])
     assert rows(read_midi(data), PROGRAM) == [(7,)]
 
 
@@ -328,8 +333,9 @@ def test_end_tick_is_the_last_event_or_note_end():
     [
         (b"", "empty file (0 bytes)"),
         (b"hello, this is not midi", "not a MIDI file (no MThd header; starts with b'hello, t')"),
-        (b"RIFF\x10\x00\x00\x00RMIDdata" + raw_smf(ONE_NOTE), "RIFF RMID wrapper"),
-        (b"\x00\x05Tango" + bytes(59) + b"MidiMOUP" + bytes(55) + raw_smf(ONE_NOTE), "MacBinary header"),
+        (b"RIFF\x10\x00\x00\x00RMIDdata" + raw_smf(ONE_NOTE), "RIFF RMID wrapper whose data chunk does not start"),
+        (b"\x00\x05Tango" + bytes(59) + b"MidiMOUP" + bytes(55) + raw_smf(ONE_NOTE),
+         "MacBinary header; the data fork behind it does not start with MThd"),  # SMF at 129, not 128
         (b"SMF2CLIP" + bytes(20), "MIDI 2.0 Clip file"),
         (bytes(300), "not a MIDI file (all 300 bytes are zero)"),
         (b"MThd\x00\x00", "truncated file (header chunk, 6 bytes)"),
@@ -339,21 +345,15 @@ def test_end_tick_is_the_last_event_or_note_end():
         (raw_smf(ONE_NOTE, division=-6360), "SMPTE time division is not supported"),  # 0xE728: 25 fps, 40
         (raw_smf(ONE_NOTE, division=0), "invalid time division (0 ticks per quarter)"),
         (raw_smf(ntracks=0), "no MTrk track chunks (the header declares 0 tracks)"),
-        (raw_smf(ONE_NOTE).replace(b"MTrk", b"XFIH"),
-         "no MTrk header at start of track 0 (found chunk b'XFIH')"),
+        (raw_smf(ONE_NOTE).replace(b"MTrk", b"XFIH"), "truncated file (the header declares 1 tracks, found 0)"),
         (raw_smf(bytes([0x00, 0x90, 60, 200]) + EOT), "invalid data byte > 127 in track 0"),
         (first(0x00, 0xF4), "undefined status byte 0xf4 in track 0"),
         (first(0x00, 60, 64), "running status without a preceding status byte in track 0"),
-        (first(0x00, 0xFF, 0x59, 0x02, 10, 0), "invalid key signature (10 sharps, mode 0) in track 0"),
-        (first(0x00, 0xFF, 0x59, 0x02, 0xFE, 255), "invalid key signature (2 flats, mode 255)"),
-        (first(0x00, 0xFF, 0x58, 0x02, 4, 2), "invalid time signature (2 data bytes) in track 0"),
-        (first(0x00, 0xFF, 0x51, 0x02, 7, 0), "invalid tempo event (2 data bytes) in track 0"),
         (first(0x00, 0xFF, 0x58, 0x04, 4, 171, 24, 8), "invalid time signature (denominator 2**171)"),
-        (first(0x00, 0xFF, 0x54, 0x05, 0x80, 0, 0, 0, 0), "invalid SMPTE offset event in track 0"),
         (first(0x00, 0xF0, 0x03, 0x7E, 0x90, 0xF7), "invalid sysex data byte > 127 in track 0"),
         (first(0x00, 0xF8, 0x00, 60), "running status after a one-byte system message"),
         (raw_smf(ONE_NOTE + bytes([0x00, 0x90, 60])), "truncated file (unexpected end of data in track 0)"),
-        (first(0x00, 0x90, 60, 64, *[0xFF] * 6, 0x7F, 0x80, 60, 0), "implausible length"),  # 7-byte delta
+        (first(0x00, 0x90, 60, 64, *[0xFF] * 6, 0x7F, 0x80, 60, 0), "too long"),  # 7-byte delta
         (raw_smf(EOT), "file contains no notes"),
         (smf([on(0, 36, channel=9), off(480, 36, channel=9)]), "file contains no pitched notes (only drums)"),
         (smf([on(0, 60), off(0, 60)]), "file contains no pitched notes of non-zero length"),
@@ -545,11 +545,12 @@ def reference_read(data: bytes) -> dict | None:
     if any(isinstance(msg, mido.midifiles.meta.UnknownMetaMessage) for track in mid.tracks for msg in track):
         return None
     tpb = mid.ticks_per_beat
-    notes, pcs, tempos, metres = [], [], [], []
+    notes, pcs, track_pcs, tempos, metres = [], [], [], [], []
     offset = last_tick = 0
     for k, track in enumerate(mid.tracks):
         t = offset if mid.type == 2 else 0
         sounding, retriggered = {}, {}
+        last_note_event = None
         for msg in track:
             t += msg.time
             if msg.type == "note_on" and msg.velocity > 0:
@@ -563,6 +564,7 @@ def reference_read(data: bytes) -> dict | None:
                 note = [t, end, msg.note, msg.channel, k]
                 notes.append(note)
                 sounding[key] = note
+                last_note_event = t
             elif msg.type in ("note_on", "note_off"):
                 key = (msg.channel, msg.note)
                 if retriggered.pop(key, None) == t:
@@ -570,19 +572,26 @@ def reference_read(data: bytes) -> dict | None:
                 note = sounding.pop(key, None)
                 if note is not None:
                     note[1][0] = t
+                    last_note_event = t
             elif msg.type == "program_change":
                 pcs.append((msg.channel, t, len(pcs), msg.program))
+                track_pcs.append(((k, msg.channel), t, len(track_pcs), msg.program))
             elif msg.type == "set_tempo":
                 tempos.append((t, msg.tempo))
             elif msg.type == "time_signature":
                 metres.append((t, msg.numerator, msg.denominator))
-        for note in sounding.values():
-            note[1][0] = t
+        for note in sounding.values():  # a hanging note: at most 4 quarters after the last note event
+            note[1][0] = max(note[0], min(t, last_note_event + 4 * tpb))
         last_tick = max(last_tick, t)
         offset = t
     pcs.sort()
+    track_pcs.sort()
 
-    def program(channel, start):
+    def program(channel, start, k):
+        """The track's own last change on the channel, else the channel's in any track, else 0."""
+        i = bisect.bisect_right(track_pcs, ((k, channel), start, float("inf"), 0)) - 1
+        if i >= 0 and track_pcs[i][0] == (k, channel):
+            return track_pcs[i][3]
         i = bisect.bisect_right(pcs, (channel, start, float("inf"), 0)) - 1
         return pcs[i][3] if i >= 0 and pcs[i][0] == channel else 0
 
@@ -596,7 +605,7 @@ def reference_read(data: bytes) -> dict | None:
         elif rs(start) == rs(end):
             dropped["zero length"] += 1
         else:
-            kept.append((rs(start), rs(end), pitch, program(channel, start), channel, k))
+            kept.append((rs(start), rs(end), pitch, program(channel, start, k), channel, k))
     kept.sort(key=lambda r: (r[0], r[2], r[1]))
     tempo_map = {}
     for tick, us in sorted(((rs(t), us) for t, us in tempos if us > 0), key=lambda e: e[0]):
@@ -623,6 +632,8 @@ def assert_same_as_reference(score: Score, ref: dict | None, label: str = "") ->
     assert [(m.tick, m.numerator, m.denominator) for m in score.metres] == ref["metres"], label
     assert score.end_tick == ref["end_tick"], label
 
+
+HANGING = "ended hanging notes"  # a repair of the notes, made to files mido reads too
 
 # A rejection that mido does not make must be about content, not about the encoding.
 CONTENT_REASONS = ("SMPTE time division", "invalid time division", "no MTrk track chunks", "file contains no")
@@ -701,5 +712,7 @@ def test_parity_with_mido_on_damaged_files(data):
         if mido_ok:
             assert e.reason.startswith(CONTENT_REASONS), e.reason
         return
-    assert mido_ok, "read_midi accepted a file that mido rejects"
+    if not mido_ok:  # only where a repair (a skipped chunk or meta event mido chokes on) explains it
+        assert [r for r in score.repairs if not r.startswith(HANGING)], "accepted, without a repair, a file mido rejects"
+        return
     assert_same_as_reference(score, reference_read(damaged))
