@@ -251,6 +251,9 @@ def test_encode_record_ok_and_too_long_bars(piano_file):
 def test_encode_record_rejects_bad_input_with_a_reason(midi_dir):
     for path in sorted((midi_dir / "corrupt").rglob("*.mid"))[:15]:
         rec, npz = encode_record(path.read_bytes(), path.name, DataConfig())
+        if rec["status"] == "ok":  # read_midi repaired it (e.g. skipped an alien chunk): it says so
+            assert rec["repairs"], path
+            continue
         assert rec["status"] == "rejected" and rec["reason"] and npz is None, path
         assert "_internal_error" not in rec, rec["reason"]
     rec, _ = encode_record(b"", "empty.mid", DataConfig())
@@ -453,7 +456,8 @@ def test_encode_record_limits_are_checked_before_the_work(piano_file):
         assert rec["status"] == "rejected" and rec["reason"].startswith(reason) and npz is None, rec["reason"]
     t = time.perf_counter()
     rec, _ = encode_record(C.huge_deltas(), "huge.mid", DataConfig())   # ~3e8 bars: MemoryError before
-    assert rec["reason"].startswith("too many bars") and time.perf_counter() - t < 5
+    # read_midi's max_ticks (ReadLimits) stops it while parsing, before the bar bound would
+    assert rec["reason"].startswith(("too many bars", "too long")) and time.perf_counter() - t < 5
 
 
 def test_plan_counts_repairs_and_contexts(piano_file):
