@@ -756,34 +756,58 @@ def _cut_overlaps(ch: np.ndarray) -> np.ndarray:
 # Channels
 
 
-def assign_channels(notes: np.ndarray) -> np.ndarray:
-    """Return a copy of `notes` whose CHANNEL gives each distinct PROGRAM its own channel.
+class ChannelAssignment(NamedTuple):
+    """What `assign_channels` makes of a set of notes."""
 
-    Channel 9 (drums) is never used. Programs are taken in order of first onset; while more than 15
-    programs are in use, a new program reuses the channel whose program stops sounding earliest
-    (the original's rule, reference 5.1), so two programs can then share a channel in time.
+    notes: np.ndarray  # the notes it placed (input order), CHANNEL set; ready for write_midi
+    unplaced: int  # notes left out: no channel was free at their onset (over 15 programs at once)
+
+
+OUTPUT_CHANNELS = tuple(c for c in range(16) if c != DRUM_CHANNEL)
+
+
+def assign_channels(notes: np.ndarray) -> ChannelAssignment:
+    """Place the notes' programs on channels over time, as the original's channel simulation does
+    (reference 2.6 and 5.1): at most 15 programs sound at once, channel 9 (drums) is never used.
+
+    Notes are taken by onset (then end). A program keeps the channel it holds until another
+    program takes it over; a program without a channel takes a never-used channel, else the one
+    that has been silent the longest (all its notes ended at or before this onset; ties: the lowest
+    channel). When no channel is silent, the note cannot be placed: it is left out and counted in
+    `unplaced`, never put on a channel where another program sounds. `write_midi` writes a
+    program_change wherever a channel passes to another program, so every note keeps its program.
+    The input is not modified.
     """
     notes = np.array(notes, dtype=np.int64).reshape(-1, len(NOTE_COLUMNS))
     if len(notes) == 0:
-        return notes
-    programs = np.unique(notes[:, PROGRAM])
-    spans = []
-    for program in programs.tolist():
-        mine = notes[:, PROGRAM] == program
-        spans.append((int(notes[mine, START].min()), int(notes[mine, END].max()), program))
-    spans.sort()
-    free = [c for c in range(16) if c != DRUM_CHANNEL]
-    busy_until: dict[int, int] = {}  # channel -> end of the last program placed on it
-    channel_of: dict[int, int] = {}
-    for _, last, program in spans:
-        if free:
-            channel = free.pop(0)
-        else:
-            channel = min(busy_until, key=lambda c: (busy_until[c], c))
-        busy_until[channel] = last
-        channel_of[program] = channel
-    lookup = np.zeros(int(programs.max()) + 1, dtype=np.int64)
-    for program, channel in channel_of.items():
-        lookup[program] = channel
-    notes[:, CHANNEL] = lookup[notes[:, PROGRAM]]
-    return notes
+        return ChannelAssignment(notes, 0)
+    order = np.lexsort((notes[:, END], notes[:, START]))
+    never_used = list(OUTPUT_CHANNELS)
+    silent_from = dict.fromkeys(OUTPUT_CHANNELS, 0)  # channel -> end of the last note placed on it
+    holder: dict[int, int] = {}  # channel -> the program it plays now
+    channel_of: dict[int, int] = {}  # program -> the channel it holds
+    placed = np.full(len(notes), -1, dtype=np.int64)
+    unplaced = 0
+    for i, start, end, program in zip(order.tolist(), notes[order, START].tolist(), notes[order, END].tolist(),
+                                      notes[order, PROGRAM].tolist()):
+        channel = channel_of.get(program)
+        if channel is None:
+            if never_used:
+                channel = never_used.pop(0)
+            else:
+                silent = [c for c in OUTPUT_CHANNELS if silent_from[c] <= start]
+                if not silent:
+                    unplaced += 1
+                    continue
+                channel = min(silent, key=lambda c: silent_from[c])  # min keeps the lowest of ties
+                del channel_of[holder[channel]]
+            holder[channel] = program
+            channel_of[program] = channel
+        placed[i] = channel
+        # a zero-length note still holds its channel for one tick: its note_on follows the tick's
+        # program change in write_midi's order (offs, program changes, ons)
+        silent_from[channel] = max(silent_from[channel], end, start + 1)
+    keep = placed >= 0
+    notes = notes[keep]
+    notes[:, CHANNEL] = placed[keep]
+    return ChannelAssignment(notes, unplaced)

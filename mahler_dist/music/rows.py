@@ -20,6 +20,7 @@ import numpy as np
 
 from mahler_dist.music import piece as P
 from mahler_dist.music.instruments import write_back_programs
+from mahler_dist.music.midi_io import assign_channels
 from mahler_dist.music.piece import Piece
 from mahler_dist.music.score import MetreChange, Score, sort_notes
 from mahler_dist.music.timing import CLASS_TICKS, Metre, allowed_classes, beat_position, class_of_ticks, decompose_gap
@@ -223,26 +224,26 @@ def decode_bar(bar_rows: np.ndarray, bar_ticks: int) -> list[tuple[int, int, int
 
 def piece_to_score(piece: Piece, programs: tuple[int, ...] | None = None) -> Score:
     """A Piece as a Score for MIDI output: pitches from indices, the write-back program of each
-    instrument class (`programs`, default instruments.write_back_programs()), one channel per
-    class (skipping the drum channel 9; classes beyond 15 share channels), 120 bpm, velocity 64
+    instrument class (`programs`, default instruments.write_back_programs()), channels allocated
+    over time by midi_io.assign_channels (at most 15 classes sounding at once, never the drum
+    channel 9; notes beyond that are counted in dropped["no free channel"]), 120 bpm, velocity 64
     and the piece's metres (the original writes no tempo either: reference 9, item 10)."""
     programs = programs or write_back_programs()
     starts, ends = piece.absolute_times()
     instr = piece.notes[:, P.INSTR]
-    used = sorted(set(int(i) for i in instr))
-    free = [c for c in range(16) if c != 9]
-    channel_of = {cls: free[k % len(free)] for k, cls in enumerate(used)}
     notes = np.stack([starts, ends, piece.notes[:, P.PITCH] + PITCH_LOW,
                       np.asarray(programs)[instr] if len(instr) else instr,
-                      np.array([channel_of[int(i)] for i in instr], dtype=np.int64),
-                      np.zeros_like(starts)], 1) if len(instr) else np.zeros((0, 6), np.int64)
+                      np.zeros_like(starts), np.zeros_like(starts)], 1) if len(instr) else np.zeros((0, 6), np.int64)
+    placed = assign_channels(notes)
+    dropped = Counter({"no free channel": placed.unplaced} if placed.unplaced else {})
     metres, last = [], None
     for bar in piece.bars:
         if (bar.metre.numerator, bar.metre.denominator) != last:
             last = (bar.metre.numerator, bar.metre.denominator)
             metres.append(MetreChange(bar.start, *last))
     end = piece.bars[-1].start + piece.bars[-1].metre.bar_score_ticks if piece.bars else 0
-    return Score(notes=sort_notes(notes), metres=metres, end_tick=end, source_notes=len(notes))
+    return Score(notes=sort_notes(placed.notes), metres=metres, end_tick=end, source_notes=len(notes),
+                 dropped=dropped)
 
 
 @dataclass

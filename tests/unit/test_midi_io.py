@@ -412,7 +412,7 @@ def test_write_midi_layout():
 
 
 def test_write_never_uses_channel_9_unless_asked():
-    notes = assign_channels(np.array([(0, 480, 60 + i, i * 5, 0, 0) for i in range(15)]))
+    notes = assign_channels(np.array([(0, 480, 60 + i, i * 5, 0, 0) for i in range(15)])).notes
     midi = mido.MidiFile(file=io.BytesIO(write_midi(Score(notes=sort_notes(notes)))))
     channels = {m.channel for track in midi.tracks for m in track if not m.is_meta}
     assert 9 not in channels and len(channels) == 15
@@ -513,7 +513,7 @@ def test_write_read_round_trip(score):
 
 def test_assign_channels_one_channel_per_program_skipping_drums():
     notes = np.array([(i * 10, i * 10 + 5, 60, program, 0, 0) for i, program in enumerate([3, 7, 3, 40, 41])])
-    out = assign_channels(notes)
+    out = assign_channels(notes).notes
     channel_of = {int(p): int(c) for p, c in out[:, [PROGRAM, CHANNEL]]}
     assert channel_of == {3: 0, 7: 1, 40: 2, 41: 3}
     np.testing.assert_array_equal(out[:, :CHANNEL], notes[:, :CHANNEL])
@@ -524,7 +524,9 @@ def test_assign_channels_reuses_the_channel_that_frees_earliest():
     # programs 0..14 enter at ticks 0..14 and fill the 15 channels; program 5 stops first (at 100)
     notes = [(p, 100 if p == 5 else 1000, 60, p, 0, 0) for p in range(15)]
     notes += [(200, 250, 62, 50, 0, 0), (300, 400, 64, 51, 0, 0)]
-    out = assign_channels(np.array(notes))
+    placed = assign_channels(np.array(notes))
+    out = placed.notes
+    assert placed.unplaced == 0
     channel_of = {int(p): int(c) for p, c in out[:, [PROGRAM, CHANNEL]]}
     assert sorted(channel_of[p] for p in range(15)) == [c for c in range(16) if c != 9]
     assert channel_of[50] == channel_of[5]  # program 5 ended first
