@@ -9,7 +9,7 @@ from mahler_dist.errors import MahlerError
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from mahler_dist.inspect import inspect_file
+    from mahler_dist.music_report import inspect_file
 
     print(inspect_file(args.file, write_midi=args.write_midi))
     return 0

@@ -1,4 +1,7 @@
-"""`mahler inspect`: what the representation makes of one MIDI file, in words a musician reads."""
+"""`mahler inspect`: what the representation makes of one MIDI file, in words a musician reads.
+
+(Named music_report, not inspect: a module called inspect beside the package's other modules would
+shadow the standard library's `inspect` for anything run from inside the package directory.)"""
 
 from __future__ import annotations
 
@@ -21,8 +24,10 @@ def inspect_report(encoded: EncodedPiece) -> str:
     pauses = int((rows.rows[:, DURATION] == 0).sum())
     metres = Counter(rows.metres)
     instruments = Counter(int(i) for i in piece.notes[:, P.INSTR])
+    repairs = encoded.score.repairs  # what the reader repaired to read the file (midi_io REPAIRS)
     lines = [
         f"file        {encoded.name}",
+        "repairs     " + ("; ".join(repairs) if repairs else "none"),
         f"metres      " + ", ".join(f"{m} ({n} bars)" for m, n in metres.most_common()),
         f"bars        {piece.num_bars} in {int(rows.chunk_start.sum())} chunk(s)",
         f"events      {len(rows.rows)} rows ({len(rows.rows) - pauses} notes, {pauses} pauses); "
