@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 
-def vlq(n: int) -> bytes:
-    """A MIDI variable-length quantity (at most 4 bytes, n < 2**28)."""
-    out = [n & 0x7F]
-    n >>= 7
-    while n:
-        out.append(0x80 | (n & 0x7F))
-        n >>= 7
-    return bytes(reversed(out))
-
-
-def midi(*tracks: bytes, tpq: int = 480, fmt: int = 1) -> bytes:
-    head = b"MThd" + (6).to_bytes(4, "big") + fmt.to_bytes(2, "big") + len(tracks).to_bytes(2, "big") + tpq.to_bytes(2, "big")
-    return head + b"".join(b"MTrk" + len(t).to_bytes(4, "big") + t for t in tracks)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # tests/: midi_bytes
+from midi_bytes import smf, vlq  # noqa: E402
 
 
 END_OF_TRACK = b"\x00\xff\x2f\x00"
@@ -27,7 +18,7 @@ def huge_deltas(n: int = 2000) -> bytes:
     body = b"\x00\x90\x3c\x40" + b"\x00\x80\x3c\x00"
     body += b"".join(vlq(2**28 - 1) + b"\xff\x01\x00" for _ in range(n))   # empty text events
     body += b"\x00\x90\x40\x40\x60\x80\x40\x00"
-    return midi(body + END_OF_TRACK)
+    return smf(body + END_OF_TRACK)
 
 
 def notes_in_one_bar(n: int = 1_000_000, tpq: int = 30_000) -> bytes:
@@ -36,14 +27,14 @@ def notes_in_one_bar(n: int = 1_000_000, tpq: int = 30_000) -> bytes:
     group = bytes((0, 36, 64)) + b"".join(bytes((0, 36 + i, 64)) for i in range(1, 60))
     group += bytes((1, 36, 0)) + b"".join(bytes((0, 36 + i, 0)) for i in range(1, 60))   # velocity 0: off
     events = b"\x00\x90\x24\x40\x01\x24\x00" + group * (n // 60)
-    return midi(events + END_OF_TRACK, tpq=tpq)
+    return smf(events + END_OF_TRACK, tpb=tpq)
 
 
 def large_file(nbytes: int = 50 << 20) -> bytes:
     """A well-formed file of `nbytes` bytes: one track of text meta events."""
     chunk = b"\x00\xff\x01\x7f" + b"x" * 127
     body = b"\x00\x90\x3c\x40\x60\x80\x3c\x00" + chunk * (nbytes // len(chunk) + 1)
-    return midi(body + END_OF_TRACK)
+    return smf(body + END_OF_TRACK)
 
 
 def nested_running_status(depth: int = 300_000) -> bytes:
@@ -53,4 +44,4 @@ def nested_running_status(depth: int = 300_000) -> bytes:
     for i in range(depth):
         body += b"\x00\xff\x01\x00"              # an empty text event
         body += bytes((1, 40 + i % 40, 64 * (i % 2)))   # a running-status note on / off
-    return midi(bytes(body) + END_OF_TRACK)
+    return smf(bytes(body) + END_OF_TRACK)

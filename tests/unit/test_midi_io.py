@@ -21,6 +21,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from midi_bytes import smf_of_messages
+
 from mahler_dist.errors import MidiReadError
 from mahler_dist.music.midi_io import ReadLimits, assign_channels, read_midi, write_midi
 from mahler_dist.music.score import (
@@ -62,19 +64,7 @@ def metre(tick, num, den):
     return tick, mido.MetaMessage("time_signature", numerator=num, denominator=den)
 
 
-def smf(*tracks, tpb=480, fmt=1) -> bytes:
-    """A MIDI file from tracks given as lists of (absolute tick, message); events at one tick stay
-    in the order given."""
-    midi = mido.MidiFile(type=fmt, ticks_per_beat=tpb)
-    for events in tracks:
-        track, now = mido.MidiTrack(), 0
-        for tick, msg in sorted(events, key=lambda e: e[0]):
-            track.append(msg.copy(time=tick - now))
-            now = tick
-        midi.tracks.append(track)
-    buffer = io.BytesIO()
-    midi.save(file=buffer)
-    return buffer.getvalue()
+smf = smf_of_messages
 
 
 def chunk(tag: bytes, body: bytes) -> bytes:

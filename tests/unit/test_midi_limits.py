@@ -8,31 +8,18 @@ hours and gigabytes on the first file.
 
 from __future__ import annotations
 
-import struct
 import time
 import tracemalloc
 
 import pytest
+
+from midi_bytes import smf, vlq
 
 from mahler_dist.errors import MidiReadError
 from mahler_dist.music.midi_io import HANGING_QUARTERS, ReadLimits, read_midi
 from mahler_dist.music.score import END, START
 
 EOT = bytes([0x00, 0xFF, 0x2F, 0x00])
-
-
-def vlq(n: int) -> bytes:
-    out = [n & 0x7F]
-    n >>= 7
-    while n:
-        out.append(0x80 | (n & 0x7F))
-        n >>= 7
-    return bytes(reversed(out))
-
-
-def smf(*bodies: bytes, tpb: int = 480) -> bytes:
-    header = b"MThd" + (6).to_bytes(4, "big") + struct.pack(">hhh", 1, len(bodies), tpb)
-    return header + b"".join(b"MTrk" + len(b).to_bytes(4, "big") + b for b in bodies)
 
 
 def _read(data, **kwargs):

@@ -7,9 +7,10 @@ program change in file order and turned every violin note into a trombone note.
 
 from __future__ import annotations
 
-import io
 
 import mido
+
+from midi_bytes import smf_of_messages
 
 from mahler_dist.music.midi_io import read_midi
 from mahler_dist.music.score import PITCH, PROGRAM, START, TRACK
@@ -17,18 +18,7 @@ from mahler_dist.music.score import PITCH, PROGRAM, START, TRACK
 VIOLIN, TROMBONE, FLUTE = 40, 57, 73
 
 
-def smf(*tracks, fmt=1) -> bytes:
-    """Tracks as lists of (absolute tick, message), on channel 0 unless the message says otherwise."""
-    midi = mido.MidiFile(type=fmt, ticks_per_beat=480)
-    for events in tracks:
-        track, now = mido.MidiTrack(), 0
-        for tick, msg in sorted(events, key=lambda e: e[0]):
-            track.append(msg.copy(time=tick - now))
-            now = tick
-        midi.tracks.append(track)
-    buffer = io.BytesIO()
-    midi.save(file=buffer)
-    return buffer.getvalue()
+smf = smf_of_messages
 
 
 def prog(tick, program, channel=0):
