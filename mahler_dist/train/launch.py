@@ -21,6 +21,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from mahler_dist.config import Config, load_config, resolve_config_path, save_config
+from mahler_dist.data.shards import is_uri, read_index, shard_urls
 from mahler_dist.errors import ConfigError, MahlerError
 from mahler_dist.ray_runtime import ray_runtime
 from mahler_dist.run_names import check_run_name  # the one rule (train, generate, serve)
@@ -32,10 +33,8 @@ from mahler_dist.train.tracking import TrackingCallback
 def split_urls(root: Path, split: str, index: dict) -> list[str]:
     """The non-empty shard files of a split, all of the one build `index` describes (the run pins
     the build it resolved once, so a preprocess publishing meanwhile cannot mix two builds)."""
-    from mahler_dist.data import shards as S
-
     sizes = {s["url"]: s.get("nsamples", 1) for s in index["shardlist"]}
-    return [u for u in S.shard_urls(root, split, index=index) if sizes.get(u.rsplit("/", 1)[-1], 1) > 0]
+    return [u for u in shard_urls(root, split, index=index) if sizes.get(u.rsplit("/", 1)[-1], 1) > 0]
 
 
 @ray.remote(num_cpus=0)
@@ -103,14 +102,15 @@ def train(name: str, root: str | Path, config: str | None = None, *, workers: in
     """Train or resume run NAME. `inject_failure` ({"epoch", "batch", "marker"}) and
     `record_keys_dir` are test hooks: fail once on rank 0; write the bar keys each rank saw."""
     check_run_name(name)
+    if is_uri(root):   # Path() would turn s3://bucket/x into a local folder named "s3:"
+        raise MahlerError(f"{root}: training needs a local or shared-filesystem ROOT for now; object-store "
+                          "ROOTs (s3://, gs://) are read by preprocess only")
     root = Path(root).resolve()
     run_dir = root / "runs" / name
     if restart and run_dir.exists():
         if not yes and not _confirm(f"delete run {run_dir} and start over?"):
             raise MahlerError("restart cancelled")
         shutil.rmtree(run_dir)
-    from mahler_dist.data.shards import read_index
-
     index = read_index(root)   # resolves ROOT/CURRENT once: the run reads this build only
     train_urls, val_urls = split_urls(root, "train", index), split_urls(root, "val", index)
     if not train_urls:
