@@ -103,17 +103,13 @@ def _encode(data: bytes, rel: str, config: DataConfig, rec: dict) -> tuple[dict,
 
 def reader_limits(config: DataConfig) -> dict:
     """read_midi's keyword arguments for the parse limits in `config`: a music.midi_io.ReadLimits
-    holding every DataConfig field of the same name (its other fields keep the reader's defaults);
-    none while the reader takes no limits."""
+    holding every DataConfig field of the same name (its other fields keep the reader's defaults)."""
     import dataclasses
 
-    from mahler_dist.music import midi_io
+    from mahler_dist.music.midi_io import ReadLimits
 
-    limits_cls = getattr(midi_io, "ReadLimits", None)
-    if limits_cls is None:
-        return {}
-    shared = {f.name for f in dataclasses.fields(limits_cls)} & {f.name for f in dataclasses.fields(DataConfig)}
-    return {"limits": limits_cls(**{name: getattr(config, name) for name in sorted(shared)})}
+    shared = {f.name for f in dataclasses.fields(ReadLimits)} & {f.name for f in dataclasses.fields(DataConfig)}
+    return {"limits": ReadLimits(**{name: getattr(config, name) for name in sorted(shared)})}
 
 
 def bar_bound(score) -> int:
