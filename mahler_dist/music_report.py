@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mahler_dist.music import piece as P
 from mahler_dist.music.encode import EncodedPiece, decode_to_midi, encode_file
 from mahler_dist.music.instruments import INSTRUMENT_NAMES
+from mahler_dist.music.piece import PieceCol
 from mahler_dist.music.vocab import DURATION
 
 
@@ -23,7 +23,7 @@ def inspect_report(encoded: EncodedPiece) -> str:
     kept = stats["kept notes"]
     pauses = int((rows.rows[:, DURATION] == 0).sum())
     metres = Counter(rows.metres)
-    instruments = Counter(int(i) for i in piece.notes[:, P.INSTR])
+    instruments = Counter(int(i) for i in piece.notes[:, PieceCol.INSTR])
     repairs = encoded.score.repairs  # what the reader repaired to read the file (midi_io REPAIRS)
     lines = [
         f"file        {encoded.name}",

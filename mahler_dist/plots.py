@@ -13,24 +13,24 @@ import numpy as np
 
 def _note_table(obj) -> tuple[np.ndarray, list[int], int, list[str]]:
     """(notes [N, 4] = start, end, MIDI pitch, colour key), bar-line ticks, end tick, key names."""
-    from mahler_dist.music import piece as P
     from mahler_dist.music.instruments import INSTRUMENT_NAMES, PROGRAM_TO_CLASS
-    from mahler_dist.music.piece import Piece
-    from mahler_dist.music.score import END, PITCH, PROGRAM, START, Score
+    from mahler_dist.music.piece import Piece, PieceCol
+    from mahler_dist.music.score import NoteCol, Score
     from mahler_dist.music.vocab import PITCH_LOW
 
     if isinstance(obj, Piece):
         starts, ends = obj.absolute_times()
-        notes = np.stack([starts, ends, obj.notes[:, P.PITCH] + PITCH_LOW, obj.notes[:, P.INSTR]], 1)
+        pitches, instruments = obj.notes[:, PieceCol.PITCH] + PITCH_LOW, obj.notes[:, PieceCol.INSTR]
+        notes = np.stack([starts, ends, pitches, instruments], 1)
         bars = [b.start for b in obj.bars]
         end = obj.bars[-1].start + obj.bars[-1].metre.bar_score_ticks if obj.bars else 0
         return notes.reshape(-1, 4), bars, end, list(INSTRUMENT_NAMES)
     if isinstance(obj, Score):
         n = np.asarray(obj.notes, dtype=np.int64).reshape(-1, 6)
-        cls = np.asarray(PROGRAM_TO_CLASS)[n[:, PROGRAM]] if len(n) else np.zeros(0, np.int64)
+        cls = np.asarray(PROGRAM_TO_CLASS)[n[:, NoteCol.PROGRAM]] if len(n) else np.zeros(0, np.int64)
         cls = np.where(cls < 0, len(INSTRUMENT_NAMES), cls)
-        notes = np.stack([n[:, START], n[:, END], n[:, PITCH], cls], 1)
-        end = max(int(obj.end_tick), int(n[:, END].max()) if len(n) else 0)
+        notes = np.stack([n[:, NoteCol.START], n[:, NoteCol.END], n[:, NoteCol.PITCH], cls], 1)
+        end = max(int(obj.end_tick), int(n[:, NoteCol.END].max()) if len(n) else 0)
         bars, changes = [], sorted(obj.metres, key=lambda c: c.tick) or []
         for k, change in enumerate(changes):
             stop = changes[k + 1].tick if k + 1 < len(changes) else end

@@ -59,11 +59,11 @@ def encode_record(data: bytes, rel: str, config: DataConfig) -> tuple[dict, byte
 
 
 def _encode(data: bytes, rel: str, config: DataConfig, rec: dict) -> tuple[dict, bytes | None]:
-    from mahler_dist.music import piece as P
     from mahler_dist.music.encode import encode_score
     from mahler_dist.music.instruments import PROGRAM_TO_CLASS, UNMAPPED
     from mahler_dist.music.midi_io import read_midi
-    from mahler_dist.music.score import PROGRAM
+    from mahler_dist.music.piece import PieceCol
+    from mahler_dist.music.score import NoteCol
     from mahler_dist.music.vocab import NUM_INSTRUMENTS
 
     if len(data) > config.max_file_bytes:
@@ -85,7 +85,7 @@ def _encode(data: bytes, rel: str, config: DataConfig, rec: dict) -> tuple[dict,
         rec["reason"] = f"too many bars ({rows.num_bars} > data.max_bars {config.max_bars})"
         return rec, None
     per_bar = np.diff(rows.bar_starts)
-    programs = enc.score.notes[:, PROGRAM]
+    programs = enc.score.notes[:, NoteCol.PROGRAM]
     programs = programs[np.asarray(PROGRAM_TO_CLASS)[programs] != UNMAPPED]
     rec.update(
         status="ok",
@@ -93,7 +93,7 @@ def _encode(data: bytes, rel: str, config: DataConfig, rec: dict) -> tuple[dict,
         note_parts=int(stats["note parts"]),
         bars=int(len(per_bar)), **S.bar_counts(rows, config.max_rows_per_bar), rows=int(len(rows.rows)),
         metres=dict(sorted(Counter(rows.metres).items())),
-        instruments=_nonzero(np.bincount(enc.piece.notes[:, P.INSTR], minlength=NUM_INSTRUMENTS)),
+        instruments=_nonzero(np.bincount(enc.piece.notes[:, PieceCol.INSTR], minlength=NUM_INSTRUMENTS)),
         programs=_nonzero(np.bincount(programs, minlength=128)),
         dropped=_prefixed(stats, "dropped: "), merged=_prefixed(stats, "merged: "),
         _rows_hist=np.bincount(per_bar).tolist(),

@@ -70,15 +70,10 @@ import numpy as np
 
 from mahler_dist.errors import MidiReadError
 from mahler_dist.music.score import (
-    CHANNEL,
-    END,
     NOTE_COLUMNS,
-    PITCH,
-    PROGRAM,
-    START,
     TICKS_PER_QUARTER,
-    TRACK,
     MetreChange,
+    NoteCol,
     Score,
     TempoChange,
     sort_notes,
@@ -350,13 +345,13 @@ class _Collector:
             raise _Reject("file contains no pitched notes of non-zero length")
 
         notes = np.empty((int(keep.sum()), len(NOTE_COLUMNS)), dtype=np.int64)
-        notes[:, START] = starts[keep]
-        notes[:, END] = ends[keep]
-        notes[:, PITCH] = keys[keep] & 0x7F
-        notes[:, PROGRAM] = programs[keep]
-        notes[:, CHANNEL] = channels[keep]
-        notes[:, TRACK] = tracks[keep]
-        end_tick = max(_resample_int(last_tick, tpb), int(notes[:, END].max()))
+        notes[:, NoteCol.START] = starts[keep]
+        notes[:, NoteCol.END] = ends[keep]
+        notes[:, NoteCol.PITCH] = keys[keep] & 0x7F
+        notes[:, NoteCol.PROGRAM] = programs[keep]
+        notes[:, NoteCol.CHANNEL] = channels[keep]
+        notes[:, NoteCol.TRACK] = tracks[keep]
+        end_tick = max(_resample_int(last_tick, tpb), int(notes[:, NoteCol.END].max()))
         return Score(
             notes=sort_notes(notes),
             tempos=self._tempo_map(tpb),
@@ -669,21 +664,21 @@ def write_midi(score: Score, ticks_per_beat: int = TICKS_PER_QUARTER) -> bytes:
     for change in score.tempos:
         conductor.append((scale(int(change.tick)), 1,
                           b"\xFF\x51\x03" + int(change.us_per_quarter).to_bytes(3, "big")))
-    last_end = int(notes[:, END].max()) if len(notes) else 0
+    last_end = int(notes[:, NoteCol.END].max()) if len(notes) else 0
     tracks = [_track_chunk(conductor, scale(max(int(score.end_tick), last_end)))]
 
-    for channel in np.unique(notes[:, CHANNEL]).tolist():
-        ch = notes[notes[:, CHANNEL] == channel]
-        ch = ch[np.lexsort((ch[:, PITCH], ch[:, START]))]
+    for channel in np.unique(notes[:, NoteCol.CHANNEL]).tolist():
+        ch = notes[notes[:, NoteCol.CHANNEL] == channel]
+        ch = ch[np.lexsort((ch[:, NoteCol.PITCH], ch[:, NoteCol.START]))]
         events: list[tuple[int, int, bytes]] = []
         program = -1
-        for start, prog in ch[:, [START, PROGRAM]].tolist():
+        for start, prog in ch[:, [NoteCol.START, NoteCol.PROGRAM]].tolist():
             if prog != program:
                 events.append((scale(start) if program >= 0 else 0, 1, bytes((0xC0 | channel, prog))))
                 program = prog
         note_on, note_off = 0x90 | channel, 0x80 | channel
-        starts, ends = scale(ch[:, START]).tolist(), scale(_cut_overlaps(ch)).tolist()
-        for start, end, pitch in zip(starts, ends, ch[:, PITCH].tolist()):
+        starts, ends = scale(ch[:, NoteCol.START]).tolist(), scale(_cut_overlaps(ch)).tolist()
+        for start, end, pitch in zip(starts, ends, ch[:, NoteCol.PITCH].tolist()):
             events.append((start, 2, bytes((note_on, pitch, VELOCITY))))
             events.append((end, 0, bytes((note_off, pitch, 0))))
         tracks.append(_track_chunk(events, 0))
@@ -693,9 +688,11 @@ def write_midi(score: Score, ticks_per_beat: int = TICKS_PER_QUARTER) -> bytes:
 
 def _check_writable(score: Score, notes: np.ndarray) -> None:
     if len(notes):
-        if notes[:, [START, END]].min() < 0 or (notes[:, END] < notes[:, START]).any():
+        starts, ends = notes[:, NoteCol.START], notes[:, NoteCol.END]
+        if starts.min() < 0 or ends.min() < 0 or (ends < starts).any():
             raise ValueError("notes must have 0 <= start <= end")
-        for column, name, top in ((PITCH, "pitch", 127), (PROGRAM, "program", 127), (CHANNEL, "channel", 15)):
+        for column, name, top in ((NoteCol.PITCH, "pitch", 127), (NoteCol.PROGRAM, "program", 127),
+                                  (NoteCol.CHANNEL, "channel", 15)):
             if notes[:, column].min() < 0 or notes[:, column].max() > top:
                 raise ValueError(f"note {name} must be in 0..{top} (channels: see assign_channels)")
     for change in score.tempos:
@@ -740,14 +737,14 @@ def _cut_overlaps(ch: np.ndarray) -> np.ndarray:
     Notes of one pitch that start together (unison twins) are not cut: the reader closes them
     together at the first of their note_offs.
     """
-    ends = ch[:, END].copy()
-    span = int(ch[:, START].max()) + 1
-    keys = ch[:, PITCH] * span + ch[:, START]
+    ends = ch[:, NoteCol.END].copy()
+    span = int(ch[:, NoteCol.START].max()) + 1
+    keys = ch[:, NoteCol.PITCH] * span + ch[:, NoteCol.START]
     ordered = np.sort(keys)
     after = np.searchsorted(ordered, keys, side="right")  # first note of a later (pitch, start)
     nxt = ordered[np.minimum(after, len(keys) - 1)]
     nxt_start = nxt % span
-    cut = (after < len(keys)) & (nxt // span == ch[:, PITCH]) & (nxt_start < ends)
+    cut = (after < len(keys)) & (nxt // span == ch[:, NoteCol.PITCH]) & (nxt_start < ends)
     ends[cut] = nxt_start[cut]
     return ends
 
@@ -781,15 +778,16 @@ def assign_channels(notes: np.ndarray) -> ChannelAssignment:
     notes = np.array(notes, dtype=np.int64).reshape(-1, len(NOTE_COLUMNS))
     if len(notes) == 0:
         return ChannelAssignment(notes, 0)
-    order = np.lexsort((notes[:, END], notes[:, START]))
+    order = np.lexsort((notes[:, NoteCol.END], notes[:, NoteCol.START]))
     never_used = list(OUTPUT_CHANNELS)
     silent_from = dict.fromkeys(OUTPUT_CHANNELS, 0)  # channel -> end of the last note placed on it
     holder: dict[int, int] = {}  # channel -> the program it plays now
     channel_of: dict[int, int] = {}  # program -> the channel it holds
     placed = np.full(len(notes), -1, dtype=np.int64)
     unplaced = 0
-    for i, start, end, program in zip(order.tolist(), notes[order, START].tolist(), notes[order, END].tolist(),
-                                      notes[order, PROGRAM].tolist()):
+    ordered = notes[order]
+    for i, start, end, program in zip(order.tolist(), ordered[:, NoteCol.START].tolist(),
+                                      ordered[:, NoteCol.END].tolist(), ordered[:, NoteCol.PROGRAM].tolist()):
         channel = channel_of.get(program)
         if channel is None:
             if never_used:
@@ -809,5 +807,5 @@ def assign_channels(notes: np.ndarray) -> ChannelAssignment:
         silent_from[channel] = max(silent_from[channel], end, start + 1)
     keep = placed >= 0
     notes = notes[keep]
-    notes[:, CHANNEL] = placed[keep]
+    notes[:, NoteCol.CHANNEL] = placed[keep]
     return ChannelAssignment(notes, unplaced)

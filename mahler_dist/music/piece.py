@@ -11,13 +11,28 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from enum import IntEnum
 
 import numpy as np
 
 from mahler_dist.music.timing import CLASS_TICKS, Metre
 
-# Columns of Piece.notes
-BAR, POS, DUR, PITCH, INSTR = range(5)
+
+class PieceCol(IntEnum):
+    """Columns of `Piece.notes` (int64 [N, 5]): a quantised note's bar index, position in the bar
+    (model ticks), duration class, pitch index 0..95 (MIDI pitch - vocab.PITCH_LOW) and
+    instrument class.
+
+    Not the columns of `Score.notes` (score.NoteCol) nor of an event row (vocab.PITCH etc.).
+    An IntEnum is an int, so `notes[:, PieceCol.PITCH]` indexes numpy arrays as before; in a hot
+    Python loop bind the column to a local first (attribute access is slower than a module int).
+    """
+
+    BAR = 0
+    POS = 1
+    DUR = 2
+    PITCH = 3
+    INSTR = 4
 
 
 @dataclass(frozen=True)
@@ -29,9 +44,9 @@ class Bar:
 
 @dataclass
 class Piece:
-    """Bars and quantised notes (int64 [N, 5]: BAR, POS, DUR class, PITCH index 0..95, INSTR class),
-    sorted by bar, position, pitch, instrument. `stats` counts source notes kept and dropped
-    (by reason) on the way from the MIDI file."""
+    """Bars and quantised notes (int64 [N, 5], columns PieceCol: BAR, POS, DUR class, PITCH index
+    0..95, INSTR class), sorted by bar, position, pitch, instrument. `stats` counts source notes
+    kept and dropped (by reason) on the way from the MIDI file."""
 
     name: str
     bars: list[Bar]
@@ -41,7 +56,7 @@ class Piece:
     quantisation_error: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
 
     def __post_init__(self) -> None:
-        self.notes = np.asarray(self.notes, dtype=np.int64).reshape(-1, 5)
+        self.notes = np.asarray(self.notes, dtype=np.int64).reshape(-1, len(PieceCol))
 
     @property
     def num_bars(self) -> int:
@@ -52,9 +67,9 @@ class Piece:
         bar_start = np.array([b.start for b in self.bars], dtype=np.int64)
         num = np.array([b.metre.tick_scale.numerator for b in self.bars], dtype=np.int64)
         den = np.array([b.metre.tick_scale.denominator for b in self.bars], dtype=np.int64)
-        bar = self.notes[:, BAR]
-        starts = bar_start[bar] + self.notes[:, POS] * num[bar] // den[bar]
-        ends = starts + CLASS_TICKS[self.notes[:, DUR]] * num[bar] // den[bar]
+        bar = self.notes[:, PieceCol.BAR]
+        starts = bar_start[bar] + self.notes[:, PieceCol.POS] * num[bar] // den[bar]
+        ends = starts + CLASS_TICKS[self.notes[:, PieceCol.DUR]] * num[bar] // den[bar]
         return starts, ends
 
     def metres(self) -> list[str]:
@@ -63,8 +78,9 @@ class Piece:
 
 def sort_piece_notes(notes: np.ndarray) -> np.ndarray:
     if len(notes) == 0:
-        return notes.reshape(0, 5)
-    order = np.lexsort((notes[:, INSTR], notes[:, PITCH], notes[:, POS], notes[:, BAR]))
+        return notes.reshape(0, len(PieceCol))
+    order = np.lexsort((notes[:, PieceCol.INSTR], notes[:, PieceCol.PITCH], notes[:, PieceCol.POS],
+                       notes[:, PieceCol.BAR]))
     return notes[order]
 
 

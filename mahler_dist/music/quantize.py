@@ -29,8 +29,8 @@ import numpy as np
 from mahler_dist.errors import MidiReadError
 from mahler_dist.music import piece as P
 from mahler_dist.music.instruments import PROGRAM_TO_CLASS, UNMAPPED
-from mahler_dist.music.piece import Bar, Piece
-from mahler_dist.music.score import END, PITCH, PROGRAM, START, MetreChange, Score
+from mahler_dist.music.piece import Bar, Piece, PieceCol
+from mahler_dist.music.score import MetreChange, NoteCol, Score
 from mahler_dist.music.timing import (
     CLASS_TICKS,
     TIME_CLASSES,
@@ -59,7 +59,7 @@ def metre_ranges(score: Score) -> list[MetreRange]:
     changes = list(score.metres)
     if not changes or changes[0].tick > 0:
         changes.insert(0, MetreChange(0, 4, 4))
-    last = max(score.end_tick, int(score.notes[:, END].max()) if len(score.notes) else 0)
+    last = max(score.end_tick, int(score.notes[:, NoteCol.END].max()) if len(score.notes) else 0)
     ranges = []
     for i, change in enumerate(changes):
         end = changes[i + 1].tick if i + 1 < len(changes) else last
@@ -165,11 +165,11 @@ def _quantise_range(notes: np.ndarray, rng: MetreRange) -> tuple[np.ndarray, int
     n_bars = max(1, int(np.ceil(span / metre.bar_ticks - 1e-9)))
     if len(notes) == 0:
         return np.zeros((0, 5), np.int64), n_bars, np.zeros((0, 2))
-    exact = (notes[:, START] - rng.start) / scale
+    exact = (notes[:, NoteCol.START] - rng.start) / scale
     onsets = snap_onsets(exact, metre)
     order = np.argsort(onsets, kind="stable")
     notes, exact, onsets = notes[order], exact[order], make_gaps_representable(onsets[order], metre)
-    source_lengths = (notes[:, END] - notes[:, START]) / scale
+    source_lengths = (notes[:, NoteCol.END] - notes[:, NoteCol.START]) / scale
     # the snapped onset moves the note; keep its end where it was, as far as the grid allows
     lengths = np.maximum(source_lengths + (exact - onsets), 1.0)
     quantised_lengths = np.zeros(len(notes))
@@ -182,12 +182,15 @@ def _quantise_range(notes: np.ndarray, rng: MetreRange) -> tuple[np.ndarray, int
         pos = onsets[simple]
         cls = choose_durations(pos % bar, lengths[simple], metre)
         quantised_lengths[simple] = CLASS_TICKS[cls]
-        rows.append(np.stack([pos // bar, pos % bar, cls, notes[simple, PITCH], notes[simple, PROGRAM]], 1))
+        pitch, program = notes[simple, NoteCol.PITCH], notes[simple, NoteCol.PROGRAM]
+        rows.append(np.stack([pos // bar, pos % bar, cls, pitch, program], 1))
+    pitch_col, program_col = int(NoteCol.PITCH), int(NoteCol.PROGRAM)   # ints: looked up per tied note
     for k in np.flatnonzero(~simple):
         parts = _tied_parts(int(onsets[k]), float(lengths[k]), metre, n_bars * bar)
         quantised_lengths[k] = sum(int(CLASS_TICKS[c]) for _, c in parts)
+        pitch, program = notes[k, pitch_col], notes[k, program_col]
         for pos, cls in parts:
-            rows.append(np.array([[pos // bar, pos % bar, cls, notes[k, PITCH], notes[k, PROGRAM]]]))
+            rows.append(np.array([[pos // bar, pos % bar, cls, pitch, program]]))
     errors = np.stack([np.abs(onsets - exact), np.abs(quantised_lengths - source_lengths)], 1) / 480
     return np.concatenate(rows).astype(np.int64), n_bars, errors
 
@@ -211,12 +214,12 @@ def quantize(score: Score, name: str) -> Piece:
     stats = Counter({"source notes": score.source_notes})
     stats.update({f"dropped: {k}": v for k, v in score.dropped.items()})
     notes = score.notes.copy()
-    classes = np.asarray(PROGRAM_TO_CLASS, dtype=np.int64)[notes[:, PROGRAM]]
+    classes = np.asarray(PROGRAM_TO_CLASS, dtype=np.int64)[notes[:, NoteCol.PROGRAM]]
     unmapped = classes == UNMAPPED
     stats["dropped: unmapped instrument"] += int(unmapped.sum())
     notes, classes = notes[~unmapped], classes[~unmapped]
-    notes[:, PITCH] = fold_pitches(notes[:, PITCH])
-    notes[:, PROGRAM] = classes             # from here on the column holds the instrument class
+    notes[:, NoteCol.PITCH] = fold_pitches(notes[:, NoteCol.PITCH])
+    notes[:, NoteCol.PROGRAM] = classes     # from here on the column holds the instrument class
 
     bars: list[Bar] = []
     piece_notes: list[np.ndarray] = []
@@ -229,7 +232,7 @@ def quantize(score: Score, name: str) -> Piece:
         chunk.clear()
 
     for rng in metre_ranges(score):
-        inside = (notes[:, START] >= rng.start) & (notes[:, START] < rng.end)
+        inside = (notes[:, NoteCol.START] >= rng.start) & (notes[:, NoteCol.START] < rng.end)
         if rng.metre is None:
             unsupported[rng.label] += int(inside.sum())
             close_chunk()
@@ -244,7 +247,7 @@ def quantize(score: Score, name: str) -> Piece:
     all_notes = np.concatenate(piece_notes) if piece_notes else np.zeros((0, 5), np.int64)
     all_notes = P.sort_piece_notes(all_notes)
     if len(all_notes):
-        key = all_notes[:, [P.BAR, P.POS, P.PITCH, P.INSTR]]
+        key = all_notes[:, [PieceCol.BAR, PieceCol.POS, PieceCol.PITCH, PieceCol.INSTR]]
         first = np.ones(len(all_notes), dtype=bool)
         first[1:] = np.any(key[1:] != key[:-1], axis=1)
         # unison doublings (two parts on one instrument class and pitch at one onset) are one row:
@@ -271,19 +274,19 @@ def _assemble_chunk(chunk: list[tuple[np.ndarray, int, Metre]], bars: list[Bar],
         metres += [metre] * n_bars
         if len(local):
             shifted = local.copy()
-            shifted[:, P.BAR] += offset
+            shifted[:, PieceCol.BAR] += offset
             notes.append(shifted)
         offset += n_bars
     if not notes:
         return
     notes = np.concatenate(notes)
-    first = int(notes[:, P.BAR].min())
+    first = int(notes[:, PieceCol.BAR].min())
     # the chunk ends at the first bar line at or after the end of its last sounding note
     bar_ticks = np.array([0] + [m.bar_score_ticks for m in metres]).cumsum()   # chunk-local starts
     num = np.array([m.tick_scale.numerator for m in metres])
     den = np.array([m.tick_scale.denominator for m in metres])
-    b = notes[:, P.BAR]
-    ends = bar_ticks[b] + (notes[:, P.POS] + CLASS_TICKS[notes[:, P.DUR]]) * num[b] // den[b]
+    b = notes[:, PieceCol.BAR]
+    ends = bar_ticks[b] + (notes[:, PieceCol.POS] + CLASS_TICKS[notes[:, PieceCol.DUR]]) * num[b] // den[b]
     last = int(np.searchsorted(bar_ticks, ends.max() - 1, side="right") - 1)
     last = min(max(last, int(b.max())), len(metres) - 1)
     base = len(bars)
@@ -291,5 +294,5 @@ def _assemble_chunk(chunk: list[tuple[np.ndarray, int, Metre]], bars: list[Bar],
     for i, metre in enumerate(metres[first:last + 1]):
         bars.append(Bar(tick, metre, chunk_start=(i == 0)))
         tick += metre.bar_score_ticks
-    notes[:, P.BAR] += base - first
+    notes[:, PieceCol.BAR] += base - first
     out.append(notes)

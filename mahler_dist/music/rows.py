@@ -21,7 +21,7 @@ import numpy as np
 from mahler_dist.music import piece as P
 from mahler_dist.music.instruments import write_back_programs
 from mahler_dist.music.midi_io import assign_channels
-from mahler_dist.music.piece import Piece
+from mahler_dist.music.piece import Piece, PieceCol
 from mahler_dist.music.score import MetreChange, Score, sort_notes
 from mahler_dist.music.timing import CLASS_TICKS, Metre, allowed_classes, beat_position, class_of_ticks, decompose_gap
 from mahler_dist.music.vocab import (
@@ -65,13 +65,14 @@ def piece_to_rows(piece: Piece) -> PieceRows:
     starts, ends = piece.absolute_times()
     notes = piece.notes
     # plain lists: this loop touches every note, and numpy scalar indexing costs ~10x more
-    positions, durations = notes[:, P.POS].tolist(), notes[:, P.DUR].tolist()
-    pitches, instruments, start_list = notes[:, P.PITCH].tolist(), notes[:, P.INSTR].tolist(), starts.tolist()
+    positions, durations = notes[:, PieceCol.POS].tolist(), notes[:, PieceCol.DUR].tolist()
+    pitches, instruments = notes[:, PieceCol.PITCH].tolist(), notes[:, PieceCol.INSTR].tolist()
+    start_list = starts.tolist()
     rows: list[tuple[int, int, int, int, int]] = []
     snap_at: list[tuple[int, int]] = []     # per row: (time, index of first note not yet added)
     bar_starts = [0]
     dropped = Counter()
-    by_bar = np.searchsorted(notes[:, P.BAR], np.arange(piece.num_bars + 1)).tolist()
+    by_bar = np.searchsorted(notes[:, PieceCol.BAR], np.arange(piece.num_bars + 1)).tolist()
     for b, bar in enumerate(piece.bars):
         metre, ref = bar.metre, 0
         gaps = _gap_table(metre)
@@ -152,7 +153,7 @@ def _active_sets(snap_at: list[tuple[int, int]], notes: np.ndarray, starts: np.n
     # so that the running sum goes along contiguous memory: 4x faster than summing down the rows
     # of a row-major array, and in int16 (numpy's cumsum would otherwise widen to int64) unless
     # so many notes sound at once that a count could pass 32,767.
-    bits = np.concatenate([notes[live, P.PITCH], NUM_PITCHES + notes[live, P.INSTR]])
+    bits = np.concatenate([notes[live, PieceCol.PITCH], NUM_PITCHES + notes[live, PieceCol.INSTR]])
     width = n_rows + 1
     count_dtype = np.int16 if np.count_nonzero(live) <= np.iinfo(np.int16).max else np.int32
     delta = np.zeros((ACTIVE_BYTES * 8, width), dtype=count_dtype)
@@ -230,8 +231,8 @@ def piece_to_score(piece: Piece, programs: tuple[int, ...] | None = None) -> Sco
     and the piece's metres (the original writes no tempo either: reference 9, item 10)."""
     programs = programs or write_back_programs()
     starts, ends = piece.absolute_times()
-    instr = piece.notes[:, P.INSTR]
-    notes = np.stack([starts, ends, piece.notes[:, P.PITCH] + PITCH_LOW,
+    instr = piece.notes[:, PieceCol.INSTR]
+    notes = np.stack([starts, ends, piece.notes[:, PieceCol.PITCH] + PITCH_LOW,
                       np.asarray(programs)[instr] if len(instr) else instr,
                       np.zeros_like(starts), np.zeros_like(starts)], 1) if len(instr) else np.zeros((0, 6), np.int64)
     placed = assign_channels(notes)

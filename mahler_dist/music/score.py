@@ -9,13 +9,30 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from enum import IntEnum
 
 import numpy as np
 
 TICKS_PER_QUARTER = 480
 
-# Columns of Score.notes
-START, END, PITCH, PROGRAM, CHANNEL, TRACK = range(6)
+
+class NoteCol(IntEnum):
+    """Columns of `Score.notes` (int64 [N, 6]; names in NOTE_COLUMNS): a score note in ticks at
+    TICKS_PER_QUARTER, its MIDI pitch 0..127, GM program, channel and source track.
+
+    Not the columns of `Piece.notes` (piece.PieceCol) nor of an event row (vocab.PITCH etc.).
+    An IntEnum is an int, so `notes[:, NoteCol.PITCH]` indexes numpy arrays as before; in a hot
+    Python loop bind the column to a local first (attribute access is slower than a module int).
+    """
+
+    START = 0
+    END = 1
+    PITCH = 2
+    PROGRAM = 3
+    CHANNEL = 4
+    TRACK = 5
+
+
 NOTE_COLUMNS = ("start", "end", "pitch", "program", "channel", "track")
 
 
@@ -27,7 +44,7 @@ def sort_notes(notes: np.ndarray) -> np.ndarray:
     """Order notes by start, then pitch (chord notes ascend by pitch, reference 1.1), then end."""
     if len(notes) == 0:
         return notes
-    order = np.lexsort((notes[:, END], notes[:, PITCH], notes[:, START]))
+    order = np.lexsort((notes[:, NoteCol.END], notes[:, NoteCol.PITCH], notes[:, NoteCol.START]))
     return notes[order]
 
 
@@ -53,7 +70,7 @@ class MetreChange:
 
 @dataclass
 class Score:
-    """Notes (int64 [N, 6], columns NOTE_COLUMNS, sorted by `sort_notes`), tempo and metre maps.
+    """Notes (int64 [N, 6], columns NoteCol / NOTE_COLUMNS, sorted by `sort_notes`), tempo and metre maps.
 
     `dropped` counts source notes that are not in `notes`, by reason, so nothing is lost silently.
     `source_notes` is the number of notes found in the file (kept + dropped). `repairs` says what

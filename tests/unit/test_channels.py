@@ -8,12 +8,11 @@ from collections import Counter
 
 import numpy as np
 
-from mahler_dist.music import piece as P
 from mahler_dist.music.instruments import write_back_programs
 from mahler_dist.music.midi_io import assign_channels, read_midi, write_midi
-from mahler_dist.music.piece import Bar, Piece, sort_piece_notes
+from mahler_dist.music.piece import Bar, Piece, PieceCol, sort_piece_notes
 from mahler_dist.music.rows import piece_to_score
-from mahler_dist.music.score import CHANNEL, END, PITCH, PROGRAM, START, Score, sort_notes
+from mahler_dist.music.score import NoteCol, Score, sort_notes
 from mahler_dist.music.timing import CLASS_TICKS, normalise_metre
 
 QUARTER_CLASS = int(list(CLASS_TICKS).index(480))
@@ -38,23 +37,26 @@ def test_a_20_class_piece_round_trips_with_every_note_on_its_classs_program():
     back = read_midi(write_midi(score))
     expected = Counter()
     starts, _ = piece.absolute_times()
-    for start, pitch, cls in zip(starts.tolist(), piece.notes[:, P.PITCH].tolist(), piece.notes[:, P.INSTR].tolist()):
+    pitches, classes = piece.notes[:, PieceCol.PITCH].tolist(), piece.notes[:, PieceCol.INSTR].tolist()
+    for start, pitch, cls in zip(starts.tolist(), pitches, classes):
         expected[(start, pitch + 17, programs[cls])] += 1
-    got = Counter((int(s), int(p), int(g)) for s, p, g in back.notes[:, [START, PITCH, PROGRAM]])
+    got = Counter(map(tuple, back.notes[:, [NoteCol.START, NoteCol.PITCH, NoteCol.PROGRAM]].tolist()))
     assert got == expected
-    assert 9 not in back.notes[:, CHANNEL].tolist()
-    assert len(set(back.notes[:, PROGRAM].tolist())) == 20
+    assert 9 not in back.notes[:, NoteCol.CHANNEL].tolist()
+    assert len(set(back.notes[:, NoteCol.PROGRAM].tolist())) == 20
 
 
 def test_channels_never_hold_two_programs_at_once():
     score = piece_to_score(twenty_class_piece())
     notes = score.notes
-    for channel in set(notes[:, CHANNEL].tolist()):
-        mine = notes[notes[:, CHANNEL] == channel]
-        mine = mine[np.lexsort((mine[:, END], mine[:, START]))]
-        for program in set(mine[:, PROGRAM].tolist()):  # another program starts only after this one ends
-            ours, others = mine[mine[:, PROGRAM] == program], mine[mine[:, PROGRAM] != program]
-            overlap = (others[:, START, None] < ours[None, :, END]) & (ours[None, :, START] < others[:, END, None])
+    for channel in set(notes[:, NoteCol.CHANNEL].tolist()):
+        mine = notes[notes[:, NoteCol.CHANNEL] == channel]
+        mine = mine[np.lexsort((mine[:, NoteCol.END], mine[:, NoteCol.START]))]
+        programs = mine[:, NoteCol.PROGRAM]
+        for program in set(programs.tolist()):  # another program starts only after this one ends
+            ours, others = mine[programs == program], mine[programs != program]
+            overlap = ((others[:, NoteCol.START, None] < ours[None, :, NoteCol.END])
+                       & (ours[None, :, NoteCol.START] < others[:, NoteCol.END, None]))
             assert not overlap.any(), f"channel {channel}: program {program} overlaps another"
 
 
@@ -62,10 +64,12 @@ def test_more_than_15_programs_at_once_are_counted_not_mixed():
     notes = np.array([(0, 480, 60, p, 0, 0) for p in range(17)] + [(480, 960, 62, 16, 0, 0)])
     placed = assign_channels(notes)
     assert placed.unplaced == 2  # programs 15 and 16 at tick 0 find no silent channel
-    assert sorted(placed.notes[:, PROGRAM].tolist()) == [*range(15), 16]  # 16 plays once a channel is free
-    assert len(set(placed.notes[:placed.notes.shape[0] - 1, CHANNEL].tolist())) == 15
+    # 16 plays once a channel is free
+    assert sorted(placed.notes[:, NoteCol.PROGRAM].tolist()) == [*range(15), 16]
+    assert len(set(placed.notes[:placed.notes.shape[0] - 1, NoteCol.CHANNEL].tolist())) == 15
     back = read_midi(write_midi(Score(notes=sort_notes(placed.notes))))
-    assert sorted(back.notes[:, [START, PROGRAM]].tolist()) == sorted(placed.notes[:, [START, PROGRAM]].tolist())
+    start_program = [NoteCol.START, NoteCol.PROGRAM]
+    assert sorted(back.notes[:, start_program].tolist()) == sorted(placed.notes[:, start_program].tolist())
 
 
 def test_piece_to_score_counts_notes_without_a_channel():
@@ -84,5 +88,5 @@ def test_a_program_that_returns_after_losing_its_channel_gets_a_program_change_a
     placed = assign_channels(np.array(notes))
     assert placed.unplaced == 0
     back = read_midi(write_midi(Score(notes=sort_notes(placed.notes))))
-    assert sorted(map(tuple, back.notes[:, [START, PITCH, PROGRAM]].tolist())) == sorted(
-        (s, p, g) for s, _, p, g, _, _ in notes)
+    got = back.notes[:, [NoteCol.START, NoteCol.PITCH, NoteCol.PROGRAM]].tolist()
+    assert sorted(map(tuple, got)) == sorted((s, p, g) for s, _, p, g, _, _ in notes)

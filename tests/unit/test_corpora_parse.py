@@ -15,7 +15,7 @@ import pytest
 
 from mahler_dist.errors import MidiReadError
 from mahler_dist.music.midi_io import read_midi
-from mahler_dist.music.score import CHANNEL, END, PITCH, PROGRAM, START, TICKS_PER_QUARTER, sort_notes
+from mahler_dist.music.score import TICKS_PER_QUARTER, NoteCol, sort_notes
 
 MIDI_SUFFIXES = {".mid", ".midi", ".kar", ".rmi"}
 NOT_MIDI = {"SOURCE.md", "manifest.csv", "README.md"}
@@ -41,15 +41,16 @@ def score_problems(score) -> list[str]:
     if len(notes):
         if not np.array_equal(notes, sort_notes(notes.copy())):
             problems.append("notes not sorted")
-        if (notes[:, END] <= notes[:, START]).any() or (notes[:, START] < 0).any():
+        if (notes[:, NoteCol.END] <= notes[:, NoteCol.START]).any() or (notes[:, NoteCol.START] < 0).any():
             problems.append("a note with end <= start or start < 0")
-        if not ((0 <= notes[:, PITCH]) & (notes[:, PITCH] <= 127)).all():
+        if not ((0 <= notes[:, NoteCol.PITCH]) & (notes[:, NoteCol.PITCH] <= 127)).all():
             problems.append("pitch outside 0..127")
-        if not ((0 <= notes[:, PROGRAM]) & (notes[:, PROGRAM] <= 127)).all():
+        if not ((0 <= notes[:, NoteCol.PROGRAM]) & (notes[:, NoteCol.PROGRAM] <= 127)).all():
             problems.append("program outside 0..127")
-        if (notes[:, CHANNEL] == 9).any() or not ((0 <= notes[:, CHANNEL]) & (notes[:, CHANNEL] <= 15)).all():
+        channels = notes[:, NoteCol.CHANNEL]
+        if (channels == 9).any() or not ((0 <= channels) & (channels <= 15)).all():
             problems.append("drum channel or channel outside 0..15")
-        if score.end_tick < notes[:, END].max():
+        if score.end_tick < notes[:, NoteCol.END].max():
             problems.append("end_tick before the last note end")
     ticks = [t.tick for t in score.tempos]
     if (not ticks or ticks[0] != 0 or ticks != sorted(set(ticks))
@@ -119,7 +120,7 @@ def test_edge_cases_parse_or_are_rejected_for_their_content(midi_dir):
                  if not reason.startswith(CONTENT_REASONS)]
     assert not problems, f"{len(problems)} files in edge_cases:\n" + "\n".join(problems)
     type2 = accepted[Path("jazz-soft_test-midi-files/test-2-tracks-type-2.mid")]
-    assert type2.notes[:, START].max() > 0 and len(set(type2.notes[:, 5].tolist())) == 2
+    assert type2.notes[:, NoteCol.START].max() > 0 and len(set(type2.notes[:, 5].tolist())) == 2
     assert Path("midi-classical-music_oddities/unknown_artist-i_o-my_wind_3.mid") in accepted  # format 27905
 
 

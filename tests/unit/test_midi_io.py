@@ -26,13 +26,8 @@ from midi_bytes import smf_of_messages
 from mahler_dist.errors import MidiReadError
 from mahler_dist.music.midi_io import ReadLimits, assign_channels, read_midi, write_midi
 from mahler_dist.music.score import (
-    CHANNEL,
-    END,
-    PITCH,
-    PROGRAM,
-    START,
-    TRACK,
     MetreChange,
+    NoteCol,
     Score,
     TempoChange,
     sort_notes,
@@ -88,7 +83,7 @@ def first(*event_bytes: int) -> bytes:
 
 
 def rows(score: Score, *columns):
-    columns = columns or (START, END, PITCH, PROGRAM, CHANNEL, TRACK)
+    columns = columns or tuple(NoteCol)
     return [tuple(int(v) for v in row) for row in score.notes[:, list(columns)]]
 
 
@@ -129,7 +124,8 @@ def test_type2_tracks_play_one_after_another():
     first = [tempo(0, 400000), on(0, 60), off(480, 60), (960, mido.MetaMessage("end_of_track"))]
     second = [tempo(0, 800000), on(0, 62), off(240, 62)]
     score = read_midi(smf(first, second, fmt=2))
-    assert rows(score, START, END, PITCH, TRACK) == [(0, 480, 60, 0), (960, 1200, 62, 1)]
+    assert rows(score, NoteCol.START, NoteCol.END, NoteCol.PITCH, NoteCol.TRACK) == [
+        (0, 480, 60, 0), (960, 1200, 62, 1)]
     assert score.tempos == [TempoChange(0, 400000), TempoChange(960, 800000)]
     assert score.end_tick == 1200
 
@@ -137,7 +133,8 @@ def test_type2_tracks_play_one_after_another():
 def test_unknown_format_number_reads_like_type1():
     data = bytearray(smf([on(0, 60), off(480, 60)], [on(0, 64), off(480, 64)]))
     data[8:10] = (27905).to_bytes(2, "big")
-    assert rows(read_midi(bytes(data)), START, END, PITCH, TRACK) == [(0, 480, 60, 0), (0, 480, 64, 1)]
+    assert rows(read_midi(bytes(data)), NoteCol.START, NoteCol.END, NoteCol.PITCH, NoteCol.TRACK) == [
+        (0, 480, 60, 0), (0, 480, 64, 1)]
 
 
 @pytest.mark.parametrize("tpb", [96, 192, 384, 480, 960, 1024, 120, 2])
@@ -145,7 +142,8 @@ def test_resampling_to_480_is_exact_on_the_beat_grid(tpb):
     notes = [on(0, 60), off(tpb, 60), on(tpb, 62), off(3 * tpb, 62),
              on(4 * tpb, 64), off(4 * tpb + tpb // 2, 64)]
     score = read_midi(smf(notes + [tempo(2 * tpb, 700000), metre(4 * tpb, 6, 8)], tpb=tpb))
-    assert rows(score, START, END, PITCH) == [(0, 480, 60), (480, 1440, 62), (1920, 2160, 64)]
+    assert rows(score, NoteCol.START, NoteCol.END, NoteCol.PITCH) == [
+        (0, 480, 60), (480, 1440, 62), (1920, 2160, 64)]
     assert score.tempos == [TempoChange(0, 500000), TempoChange(960, 700000)]
     assert score.metres == [MetreChange(1920, 6, 8)]
 
@@ -155,7 +153,7 @@ def test_resampling_rounds_to_nearest_half_up():
     # 16 -> 7.5 (8, half up), 32 -> 15
     data = smf([on(1, 60), off(3, 60), on(4, 61), off(5, 61), on(16, 62), off(32, 62)], tpb=1024)
     score = read_midi(data)
-    assert rows(score, START, END, PITCH) == [(0, 1, 60), (8, 15, 62)]
+    assert rows(score, NoteCol.START, NoteCol.END, NoteCol.PITCH) == [(0, 1, 60), (8, 15, 62)]
     assert score.dropped == Counter({"zero length": 1})  # 4..5 collapsed to 2..2
     assert score.source_notes == 3
 
@@ -164,18 +162,18 @@ def test_running_status_and_velocity_zero_note_off():
     # 90 3C 40 | (running) 3E 40 | +480: 3C 00 (off) | 3E 00 (off)
     body = bytes([0x00, 0x90, 60, 64, 0x00, 62, 64, 0x83, 0x60, 60, 0, 0x00, 62, 0]) + EOT
     score = read_midi(raw_smf(body))
-    assert rows(score, START, END, PITCH) == [(0, 480, 60), (0, 480, 62)]
+    assert rows(score, NoteCol.START, NoteCol.END, NoteCol.PITCH) == [(0, 480, 60), (0, 480, 62)]
 
 
 def test_running_status_survives_meta_events():
     # running status 0x90 carries over a meta event (meta events do not cancel it, as in mido)
     body = bytes([0x00, 0x90, 60, 64, 0x00, 0xFF, 0x01, 0x02, ord("h"), ord("i"), 0x83, 0x60, 60, 0]) + EOT
-    assert rows(read_midi(raw_smf(body)), START, END, PITCH) == [(0, 480, 60)]
+    assert rows(read_midi(raw_smf(body)), NoteCol.START, NoteCol.END, NoteCol.PITCH) == [(0, 480, 60)]
 
 
 def test_sysex_and_system_messages_are_skipped():
     body = bytes([0x00, 0xF0, 0x03, 0x7E, 0x09, 0xF7, 0x00, 0xF2, 0x01, 0x02, 0x00, 0xF8]) + ONE_NOTE
-    assert rows(read_midi(raw_smf(body)), START, END, PITCH) == [(0, 480, 60)]
+    assert rows(read_midi(raw_smf(body)), NoteCol.START, NoteCol.END, NoteCol.PITCH) == [(0, 480, 60)]
 
 
 def test_variable_length_deltas_of_four_bytes():
@@ -183,7 +181,7 @@ def test_variable_length_deltas_of_four_bytes():
     vlq = bytes([0xFF, 0xFF, 0xFF, 0x7F])
     body = bytes([0x00, 0x90, 60, 64]) + vlq + bytes([0x80, 60, 0]) + EOT
     score = read_midi(raw_smf(body, division=480), limits=ReadLimits(max_ticks=delta))
-    assert rows(score, START, END) == [(0, delta)]
+    assert rows(score, NoteCol.START, NoteCol.END) == [(0, delta)]
     assert "max_ticks 38,400,000" in reason(raw_smf(body, division=480))  # the default limit
 
 
@@ -192,7 +190,7 @@ def test_input_forms_path_bytes_bytearray(tmp_path):
     path = tmp_path / "x.mid"
     path.write_bytes(data)
     for source in (path, str(path), data, bytearray(data), memoryview(data)):
-        assert rows(read_midi(source), START, END, PITCH) == [(0, 480, 60)]
+        assert rows(read_midi(source), NoteCol.START, NoteCol.END, NoteCol.PITCH) == [(0, 480, 60)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,26 +201,26 @@ def test_retrigger_closes_the_old_note_at_the_new_onset():
     # on@0, on@240 (retrigger), off@480 -> the off closes the second note; the last off is unmatched
     data = smf([on(0, 60), on(240, 60), off(480, 60), off(960, 60)])
     score = read_midi(data)
-    assert rows(score, START, END, PITCH) == [(0, 240, 60), (240, 480, 60)]
+    assert rows(score, NoteCol.START, NoteCol.END, NoteCol.PITCH) == [(0, 240, 60), (240, 480, 60)]
     assert score.source_notes == 2
 
 
 def test_note_off_at_the_retrigger_tick_belongs_to_the_old_note():
     # on@0, on@480 then off@480 (written after the new on) -> as if offs came first at a tick
     data = smf([on(0, 60), on(480, 60), off(480, 60), off(960, 60)])
-    assert rows(read_midi(data), START, END, PITCH) == [(0, 480, 60), (480, 960, 60)]
+    assert rows(read_midi(data), NoteCol.START, NoteCol.END, NoteCol.PITCH) == [(0, 480, 60), (480, 960, 60)]
 
 
 def test_note_off_closes_the_sounding_note_and_unmatched_offs_are_ignored():
     data = smf([off(0, 60), on(0, 60), off(480, 60, zero_velocity_on=True), off(600, 60), on(960, 60),
                 off(1440, 60)])
-    assert rows(read_midi(data), START, END, PITCH) == [(0, 480, 60), (960, 1440, 60)]
+    assert rows(read_midi(data), NoteCol.START, NoteCol.END, NoteCol.PITCH) == [(0, 480, 60), (960, 1440, 60)]
 
 
 def test_unison_doubling_in_one_track_gives_twin_notes():
     data = smf([on(0, 60), on(0, 60), off(480, 60), off(480, 60)])
     score = read_midi(data)
-    assert rows(score, START, END, PITCH) == [(0, 480, 60), (0, 480, 60)]
+    assert rows(score, NoteCol.START, NoteCol.END, NoteCol.PITCH) == [(0, 480, 60), (0, 480, 60)]
     assert score.source_notes == 2 and not score.dropped
 
 
@@ -231,14 +229,16 @@ def test_pairing_is_per_track_and_channel():
     t1 = [on(0, 60), on(0, 60, channel=1), off(480, 60), off(240, 60, channel=1)]
     t2 = [on(120, 60), off(960, 60)]
     score = read_midi(smf(t1, t2))
-    assert rows(score, START, END, CHANNEL, TRACK) == [(0, 240, 1, 0), (0, 480, 0, 0), (120, 960, 0, 1)]
+    assert rows(score, NoteCol.START, NoteCol.END, NoteCol.CHANNEL, NoteCol.TRACK) == [
+        (0, 240, 1, 0), (0, 480, 0, 0), (120, 960, 0, 1)]
 
 
 def test_unterminated_notes_end_at_the_end_of_their_track():
     data = smf([on(0, 60), on(100, 64), off(200, 64), (1000, mido.MetaMessage("end_of_track"))],
                [on(0, 50), (300, mido.MetaMessage("end_of_track"))])
     score = read_midi(data)
-    assert rows(score, START, END, PITCH, TRACK) == [(0, 300, 50, 1), (0, 1000, 60, 0), (100, 200, 64, 0)]
+    assert rows(score, NoteCol.START, NoteCol.END, NoteCol.PITCH, NoteCol.TRACK) == [
+        (0, 300, 50, 1), (0, 1000, 60, 0), (100, 200, 64, 0)]
     assert score.end_tick == 1000
 
 
@@ -246,7 +246,7 @@ def test_drums_are_dropped_and_counted():
     data = smf([on(0, 36, channel=9), off(240, 36, channel=9), on(0, 60), off(480, 60),
                 on(480, 38, channel=9), off(500, 38, channel=9)])
     score = read_midi(data)
-    assert rows(score, PITCH) == [(60,)]
+    assert rows(score, NoteCol.PITCH) == [(60,)]
     assert score.dropped == Counter({"drum channel": 2})
     assert score.source_notes == 3
 
@@ -255,7 +255,7 @@ def test_zero_length_notes_are_dropped_and_counted():
     data = smf([on(0, 60), off(0, 60), on(0, 62), off(480, 62),
                 on(480, 64), off(480, 64, zero_velocity_on=True)])
     score = read_midi(data)
-    assert rows(score, START, END, PITCH) == [(0, 480, 62)]
+    assert rows(score, NoteCol.START, NoteCol.END, NoteCol.PITCH) == [(0, 480, 62)]
     assert score.dropped == Counter({"zero length": 2})
     assert len(score.notes) + sum(score.dropped.values()) == score.source_notes == 3
 
@@ -264,7 +264,7 @@ def test_notes_are_sorted_by_start_then_pitch():
     data = smf([on(480, 72), on(0, 67), on(0, 60), off(960, 72), off(960, 67), off(960, 60)])
     score = read_midi(data)
     np.testing.assert_array_equal(score.notes, sort_notes(score.notes.copy()))
-    assert rows(score, START, PITCH) == [(0, 60), (0, 67), (480, 72)]
+    assert rows(score, NoteCol.START, NoteCol.PITCH) == [(0, 60), (0, 67), (480, 72)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,16 +277,17 @@ def test_program_is_the_channels_latest_change_at_onset_across_tracks():
             on(0, 64, channel=3), off(480, 64, channel=3), on(480, 65, channel=3), off(960, 65, channel=3),
             on(0, 66, channel=4), off(480, 66, channel=4)]
     score = read_midi(smf(conductor, part))
-    assert sorted(rows(score, PITCH, PROGRAM)) == [(60, 40), (62, 42), (64, 0), (65, 10), (66, 0)]
+    assert sorted(rows(score, NoteCol.PITCH, NoteCol.PROGRAM)) == [
+        (60, 40), (62, 42), (64, 0), (65, 10), (66, 0)]
 
 
 def test_program_changes_at_one_tick_the_later_in_file_order_wins():
     # the note's own track decides first (6, not track 1's 7); a track without a program change
     # takes the channel's, where the later of two at one tick in file order wins
     data = smf([prog(0, 5), prog(0, 6), on(0, 60), off(480, 60)], [prog(0, 7)])
-    assert rows(read_midi(data), PROGRAM) == [(6,)]
+    assert rows(read_midi(data), NoteCol.PROGRAM) == [(6,)]
     data = smf([prog(0, 5)], [prog(0, 7)], [on(0, 60), off(480, 60)])
-    assert rows(read_midi(data), PROGRAM) == [(7,)]
+    assert rows(read_midi(data), NoteCol.PROGRAM) == [(7,)]
 
 
 def test_tempo_map_sorted_deduplicated_last_wins():
@@ -430,14 +431,14 @@ def test_write_rejects_what_midi_cannot_hold(bad):
 
 def test_write_cuts_overlapping_notes_of_one_key_as_the_reader_would():
     score = Score(notes=np.array([(0, 960, 60, 0, 0, 0), (480, 1440, 60, 0, 0, 0)]))
-    assert rows(read_midi(write_midi(score)), START, END) == [(0, 480), (480, 1440)]
+    assert rows(read_midi(write_midi(score)), NoteCol.START, NoteCol.END) == [(0, 480), (480, 1440)]
 
 
 def test_write_keeps_unison_twins():
     score = Score(notes=np.array([(0, 480, 60, 0, 0, 0), (0, 480, 60, 0, 0, 0), (0, 960, 60, 0, 0, 0),
                                   (240, 720, 60, 0, 0, 0)]))
     # the twins end at the first of their ends, then the later onset cuts them
-    assert rows(read_midi(write_midi(score)), START, END) == [(0, 240)] * 3 + [(240, 720)]
+    assert rows(read_midi(write_midi(score)), NoteCol.START, NoteCol.END) == [(0, 240)] * 3 + [(240, 720)]
 
 
 @pytest.mark.parametrize("tpb", [960, 96, 240])
@@ -446,7 +447,7 @@ def test_write_at_other_resolutions(tpb):
                   tempos=[TempoChange(0, 500000)], metres=[MetreChange(0, 4, 4)])
     data = write_midi(score, ticks_per_beat=tpb)
     assert mido.MidiFile(file=io.BytesIO(data)).ticks_per_beat == tpb
-    assert rows(read_midi(data), START, END, PITCH) == [(0, 480, 60), (480, 1200, 62)]
+    assert rows(read_midi(data), NoteCol.START, NoteCol.END, NoteCol.PITCH) == [(0, 480, 60), (480, 1200, 62)]
 
 
 @st.composite
@@ -482,9 +483,9 @@ def scores(draw):
 def test_write_read_round_trip(score):
     data = write_midi(score)
     midi = mido.MidiFile(file=io.BytesIO(data))  # an independent parser accepts it
-    assert midi.type == 1 and len(midi.tracks) == 1 + len(set(score.notes[:, CHANNEL].tolist()))
+    assert midi.type == 1 and len(midi.tracks) == 1 + len(set(score.notes[:, NoteCol.CHANNEL].tolist()))
     back = read_midi(data)
-    columns = slice(None, CHANNEL + 1)  # all but TRACK
+    columns = slice(None, NoteCol.CHANNEL + 1)  # all but NoteCol.TRACK
     np.testing.assert_array_equal(canonical(back.notes[:, columns]), canonical(score.notes[:, columns]))
     expected_tempos = score.tempos if score.tempos and score.tempos[0].tick == 0 else [
         TempoChange(0, 500000), *score.tempos]
@@ -492,7 +493,8 @@ def test_write_read_round_trip(score):
     merged = [m for i, m in enumerate(score.metres)
               if i == 0 or str(m) != str(score.metres[i - 1])]
     assert back.metres == merged
-    last_event = max([int(score.notes[:, END].max())] + [c.tick for c in (*score.tempos, *score.metres)])
+    last_note_end = int(score.notes[:, NoteCol.END].max())
+    last_event = max([last_note_end] + [c.tick for c in (*score.tempos, *score.metres)])
     assert back.end_tick == max(score.end_tick, last_event)
     assert back.source_notes == len(score.notes) and not back.dropped
 
@@ -504,10 +506,10 @@ def test_write_read_round_trip(score):
 def test_assign_channels_one_channel_per_program_skipping_drums():
     notes = np.array([(i * 10, i * 10 + 5, 60, program, 0, 0) for i, program in enumerate([3, 7, 3, 40, 41])])
     out = assign_channels(notes).notes
-    channel_of = {int(p): int(c) for p, c in out[:, [PROGRAM, CHANNEL]]}
+    channel_of = {int(p): int(c) for p, c in out[:, [NoteCol.PROGRAM, NoteCol.CHANNEL]]}
     assert channel_of == {3: 0, 7: 1, 40: 2, 41: 3}
-    np.testing.assert_array_equal(out[:, :CHANNEL], notes[:, :CHANNEL])
-    assert notes[:, CHANNEL].tolist() == [0] * 5  # input untouched
+    np.testing.assert_array_equal(out[:, :NoteCol.CHANNEL], notes[:, :NoteCol.CHANNEL])
+    assert notes[:, NoteCol.CHANNEL].tolist() == [0] * 5  # input untouched
 
 
 def test_assign_channels_reuses_the_channel_that_frees_earliest():
@@ -517,7 +519,7 @@ def test_assign_channels_reuses_the_channel_that_frees_earliest():
     placed = assign_channels(np.array(notes))
     out = placed.notes
     assert placed.unplaced == 0
-    channel_of = {int(p): int(c) for p, c in out[:, [PROGRAM, CHANNEL]]}
+    channel_of = {int(p): int(c) for p, c in out[:, [NoteCol.PROGRAM, NoteCol.CHANNEL]]}
     assert sorted(channel_of[p] for p in range(15)) == [c for c in range(16) if c != 9]
     assert channel_of[50] == channel_of[5]  # program 5 ended first
     assert channel_of[51] == channel_of[50]  # then program 50 (ends 250) frees before the others

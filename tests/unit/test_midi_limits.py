@@ -17,7 +17,7 @@ from midi_bytes import smf, vlq
 
 from mahler_dist.errors import MidiReadError
 from mahler_dist.music.midi_io import HANGING_QUARTERS, ReadLimits, read_midi
-from mahler_dist.music.score import END, START
+from mahler_dist.music.score import NoteCol
 
 EOT = bytes([0x00, 0xFF, 0x2F, 0x00])
 
@@ -79,7 +79,8 @@ def test_a_hanging_note_is_not_stretched_over_a_long_silence():
     body = bytes([0x00, 0x90, 60, 64, 0x00, 0x90, 64, 64]) + vlq(quarter) + bytes([0x80, 64, 0])
     body += vlq(1_000_000) + b"\xFF\x2F\x00"  # a long silence, then end_of_track
     score = read_midi(smf(body))
-    assert score.notes[:, [START, END]].tolist() == [[0, quarter + HANGING_QUARTERS * quarter], [0, quarter]]
+    assert score.notes[:, [NoteCol.START, NoteCol.END]].tolist() == [
+        [0, quarter + HANGING_QUARTERS * quarter], [0, quarter]]
     assert score.end_tick == 1_000_000 + quarter
     assert score.repairs == ("ended hanging notes",)
 

@@ -14,7 +14,7 @@ import pytest
 
 from mahler_dist.errors import MidiReadError
 from mahler_dist.music.midi_io import read_midi
-from mahler_dist.music.score import END, PITCH, START
+from mahler_dist.music.score import NoteCol
 
 
 def chunk(tag: bytes, body: bytes) -> bytes:
@@ -48,7 +48,7 @@ def macbinary(inner: bytes, name: bytes = b"Tango") -> bytes:
 
 
 def notes(score):
-    return score.notes[:, [START, END, PITCH]].tolist()
+    return score.notes[:, [NoteCol.START, NoteCol.END, NoteCol.PITCH]].tolist()
 
 
 def test_unknown_chunks_are_skipped_and_named():

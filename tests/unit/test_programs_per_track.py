@@ -13,7 +13,7 @@ import mido
 from midi_bytes import smf_of_messages
 
 from mahler_dist.music.midi_io import read_midi
-from mahler_dist.music.score import PITCH, PROGRAM, START, TRACK
+from mahler_dist.music.score import NoteCol
 
 VIOLIN, TROMBONE, FLUTE = 40, 57, 73
 
@@ -32,7 +32,8 @@ def note(tick, pitch, length=480, channel=0):
 
 def programs(data) -> list[tuple[int, int, int, int]]:
     score = read_midi(data)
-    return sorted(tuple(int(v) for v in row) for row in score.notes[:, [TRACK, START, PITCH, PROGRAM]])
+    columns = [NoteCol.TRACK, NoteCol.START, NoteCol.PITCH, NoteCol.PROGRAM]
+    return sorted(tuple(int(v) for v in row) for row in score.notes[:, columns])
 
 
 def test_two_tracks_on_one_channel_keep_their_own_programs():

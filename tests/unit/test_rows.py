@@ -6,9 +6,8 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mahler_dist.music import piece as P
 from mahler_dist.music.midi_io import read_midi
-from mahler_dist.music.piece import Bar, Piece, sort_piece_notes
+from mahler_dist.music.piece import Bar, Piece, PieceCol, sort_piece_notes
 from mahler_dist.music.quantize import quantize
 from mahler_dist.music.rows import bar_windows, decode_bar, piece_to_rows, piece_to_score, rows_to_piece
 from mahler_dist.music.timing import CLASS_TICKS, TIME_CLASSES, allowed_classes, duration_mask, normalise_metre
@@ -56,14 +55,15 @@ def grid_pieces(draw):
     starts, ends = piece.absolute_times()
     keep, last_end = [], {}
     for i, (s, e) in enumerate(zip(starts, ends)):
-        key = (piece.notes[i, P.PITCH], piece.notes[i, P.INSTR])
+        key = (piece.notes[i, PieceCol.PITCH], piece.notes[i, PieceCol.INSTR])
         if s >= last_end.get(key, -1):
             keep.append(i)
             last_end[key] = e
     piece = Piece("grid", bars, piece.notes[keep])
     # the piece ends at the first bar line at or after its last note ends (as the quantiser cuts it)
     _, ends = piece.absolute_times()
-    while len(bars) > 1 and bars[-1].start >= ends.max() and piece.notes[:, P.BAR].max() < len(bars) - 1:
+    last_bar = piece.notes[:, PieceCol.BAR].max()
+    while len(bars) > 1 and bars[-1].start >= ends.max() and last_bar < len(bars) - 1:
         bars.pop()
     while bars[-1].start + bars[-1].metre.bar_score_ticks < ends.max():
         last = bars[-1]
@@ -162,7 +162,7 @@ def _row_snaps(draw):
     times = sorted(draw(st.lists(st.integers(0, 80), min_size=1, max_size=20)))
     firsts = sorted(draw(st.lists(st.integers(0, n), min_size=len(times), max_size=len(times))))
     notes = np.zeros((n, 5), np.int64)
-    notes[:, P.PITCH], notes[:, P.INSTR] = pitches, instruments
+    notes[:, PieceCol.PITCH], notes[:, PieceCol.INSTR] = pitches, instruments
     return list(zip(times, firsts)), notes, np.array(starts), np.array(ends)
 
 
@@ -179,7 +179,7 @@ def test_active_sets_equal_the_definition_row_by_row(case):
     for r, (t, k) in enumerate(snap_at):
         for j in range(k):
             if ends[j] > t:
-                want_p[r, notes[j, P.PITCH]] = want_i[r, notes[j, P.INSTR]] = True
+                want_p[r, notes[j, PieceCol.PITCH]] = want_i[r, notes[j, PieceCol.INSTR]] = True
     np.testing.assert_array_equal(_active_sets(snap_at, notes, starts, ends), pack_active(want_p, want_i))
 
 
@@ -189,7 +189,7 @@ def test_active_sets_count_past_the_int16_range():
 
     n = 33_000
     notes = np.zeros((n, 5), np.int64)
-    notes[:, P.PITCH], notes[:, P.INSTR] = 40, 3
+    notes[:, PieceCol.PITCH], notes[:, PieceCol.INSTR] = 40, 3
     active = _active_sets([(50, n)], notes, np.zeros(n, np.int64), np.full(n, 100, np.int64))
     pitches, instruments = unpack_active(active)
     assert np.flatnonzero(pitches[0]).tolist() == [40] and np.flatnonzero(instruments[0]).tolist() == [3]
