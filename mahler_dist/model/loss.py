@@ -34,6 +34,18 @@ COLUMN = {"offset": V.OFFSET, "duration": V.DURATION, "pitch": V.PITCH,
 DISTANCE_PROPERTIES = ("offset", "duration", "pitch")   # as the original's `dst`
 ACTIVE_UNIT_THRESHOLD = 0.01
 
+# What each metric is a mean over, so a mean over batches of different lengths weights each batch
+# by that count and equals the metric of all the rows as one batch: offset and duration over real
+# rows, pitch and instrument over note rows, END and KL over bars. Any other metric (lr, beta,
+# grad_norm, active_units) is one value per step. `recon` and `loss` are sums of means: they are
+# re-added from their weighted terms (RECON_TERMS, KL_TERM), never averaged themselves.
+COUNTS = ("bars", "rows", "notes")
+METRIC_UNIT = {**{f"{m}_{s}": "rows" for m in ("loss", "acc", "dist") for s in ("o", "d")},
+               **{f"{m}_{s}": "notes" for m in ("loss", "acc", "dist") for s in ("p", "i")},
+               "loss_end": "bars", "acc_end": "bars", "kl_loss": "bars", "kl_nats": "bars", "kl_bits": "bars"}
+RECON_TERMS = ("loss_o", "loss_d", "loss_p", "loss_i", "loss_end")
+KL_TERM = "kl_loss"
+
 
 def kl_weight(cfg: LossConfig, step: int) -> float:
     """beta(step) = beta_max * (1 - beta_rate ** step) when annealing, else 1."""

@@ -1,17 +1,20 @@
 """`train_loop_per_worker`: what every Ray Train worker runs, readable top to bottom.
 
-build loaders, model, optimiser, schedule -> resume -> for epoch: for batch: step, log ->
-validate -> checkpoint and report -> honour a stop request. Every rank calls `ray.train.report`
-equally often (it is a barrier in Train V2); only rank 0 hands over a checkpoint.
+resume (the checkpoint's architecture, weights, optimiser, schedule and loader position) ->
+for epoch: for batch: step, log, checkpoint every `train.checkpoint_every_steps` -> validate ->
+checkpoint and report -> honour a stop request. Every rank calls `ray.train.report` equally often
+(it is a barrier in Train V2); only rank 0 hands over a checkpoint. A restarted worker group, or
+the same command run again, continues at the batch after the latest checkpoint, mid-epoch too.
+
+`loop_config["observers"]`: objects whose `after_step(rank, epoch, step, keys, metrics)` (and
+optional `after_epoch(rank, epoch, batches)`) run on every rank - how tests see which bars each
+step trained on, without test code in this loop.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +25,12 @@ import torch.distributed as dist
 
 from mahler_dist.config import Config, config_from_dict
 from mahler_dist.data.loader import BarLoader, PlanOptions
-from mahler_dist.model.batch import count_events, to_device
+from mahler_dist.model.batch import to_device
 from mahler_dist.model.cvae import MahlerNet
 from mahler_dist.model.loss import compute_loss
 from mahler_dist.model.optim import build_optimizer, clip_gradients
-from mahler_dist.model.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from mahler_dist.model.checkpoint import load_checkpoint, rng_state, save_checkpoint
+from mahler_dist.train.metric_window import MetricWindow
 
 STOP_ACTOR_NAMESPACE = "mahler-dist"
 
@@ -51,30 +55,6 @@ def _all_reduce_sums(values: dict[str, float], device) -> dict[str, float]:
     return dict(zip(keys, t.tolist()))
 
 
-class MetricWindow:
-    """Sums of per-batch metrics weighted by bars, turned into global means on demand."""
-
-    def __init__(self):
-        self.sums: dict[str, float] = {}
-        self.started = time.perf_counter()
-
-    def add(self, metrics: dict[str, torch.Tensor], bars: int, rows: int) -> None:
-        for k, v in metrics.items():
-            self.sums[k] = self.sums.get(k, 0.0) + float(v) * bars
-        self.sums["_bars"] = self.sums.get("_bars", 0.0) + bars
-        self.sums["_rows"] = self.sums.get("_rows", 0.0) + rows
-
-    def reduce(self, device) -> dict[str, float]:
-        sums = _all_reduce_sums(self.sums, device)
-        bars = max(sums.pop("_bars", 0.0), 1.0)
-        rows = sums.pop("_rows", 0.0)
-        seconds = max(time.perf_counter() - self.started, 1e-9)
-        skip = {"bars", "rows", "notes"}
-        out = {k: v / bars for k, v in sums.items() if k not in skip}
-        out.update(samples_per_s=bars / seconds, events_per_s=rows / seconds)
-        return out
-
-
 def _stop_requested(stop_actor: str | None, device) -> bool:
     """Has the driver asked to stop after this epoch? (Same answer on every rank.)"""
     flag = 0.0
@@ -87,13 +67,12 @@ def _stop_requested(stop_actor: str | None, device) -> bool:
     return _all_reduce_sums({"stop": flag}, device)["stop"] > 0
 
 
-def _maybe_fail(spec: dict | None, epoch: int, batch_index: int) -> None:
-    """Test hook: fail once on rank 0 at (epoch, batch) - the marker file makes it once."""
-    if not spec or ray.train.get_context().get_world_rank() != 0:
-        return
-    if epoch == spec["epoch"] and batch_index == spec["batch"] and not os.path.exists(spec["marker"]):
-        Path(spec["marker"]).touch()
-        raise RuntimeError(f"injected failure at epoch {epoch}, batch {batch_index}")
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The torch seed of one training step on one rank. Seeding every step (not once per run)
+    makes dropout and z samples a function of (seed, step, rank): a run resumed mid-epoch from
+    a checkpoint draws exactly what the uninterrupted run would have, with no RNG state to carry
+    from every rank; and ranks draw differently."""
+    return (seed * 1_000_003 + step * 1009 + rank) % (2**63)
 
 
 @torch.no_grad()
@@ -107,9 +86,9 @@ def validate(model, loader: BarLoader | None, config: Config, step: int, device,
         with autocast():
             out = model(batch, use_mean=True)
         _, metrics = compute_loss(out, batch, config.loss, step)
-        window.add(metrics, len(batch["inp_len"]), count_events(batch))
+        window.add(metrics)
     model.train()
-    return {f"val_{k}": v for k, v in window.reduce(device).items() if not k.endswith("_per_s")}
+    return {f"val_{k}": v for k, v in window.reduce().items() if not k.endswith("_per_s")}
 
 
 def epoch_piano_roll(model: torch.nn.Module, config: Config, epoch: int, out_dir: str, device) -> str:
@@ -132,52 +111,63 @@ def epoch_piano_roll(model: torch.nn.Module, config: Config, epoch: int, out_dir
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     config = config_from_dict(loop_config["config"], "the run's config")
-    tc = config.train
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
+    observers = list(loop_config.get("observers") or ())   # e.g. tests recording what each step saw
     use_bf16 = device.type == "cuda"
 
     def autocast():
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
-    per_rank = max(1, tc.batch_size // world)
-    plan = dict(world_size=world, batch_size=per_rank, max_batch_rows=tc.max_batch_rows,
-                shuffle_window=tc.shuffle_window, seed=tc.seed)
-    train_loader = BarLoader(loop_config["train_urls"], rank=rank, options=PlanOptions(**plan))
-    val_loader = (BarLoader(loop_config["val_urls"], rank=rank, options=PlanOptions(**plan, shuffle=False))
-                  if loop_config.get("val_urls") else None)
+    checkpoint = ray.train.get_checkpoint()
+    state = None
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            state = load_checkpoint(d, map_location=device)
+        # the architecture is the checkpoint's (the driver has refused a config that differs)
+        config.model = config_from_dict(state["config"], "the checkpoint's config").model
+    tc = config.train
+    train_loader, val_loader = _loaders(loop_config, config, rank, world)
 
     torch.manual_seed(tc.seed)                      # identical initial weights on every rank
     model = ray.train.torch.prepare_model(MahlerNet(config.model))
     raw_model = model.module if hasattr(model, "module") else model
     optimizer = build_optimizer(raw_model, tc)
-    total_steps = tc.epochs * len(train_loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, tc))
+    # the schedule's length is fixed when the run starts: more --epochs later continue at its end
+    # value instead of jumping to another point of a longer cosine
+    schedule_steps = int(state.get("schedule_steps", 0)) if state else 0
+    schedule_steps = schedule_steps or tc.epochs * len(train_loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, schedule_steps, tc))
     epoch, step, best_val = 0, 0, math.inf
-
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            state = load_checkpoint(d, map_location=device)
+    if state:
         raw_model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        train_loader.load_state_dict(state["loader"])
-        if rank == 0:
-            set_rng_state(state["rng"])
+        if not train_loader.load_state_dict(state["loader"]) and rank == 0 and state["loader"]["batches_done"]:
+            print(f"note: the training data or batching changed since the checkpoint at step {state['step']}: "
+                  f"epoch {state['loader']['epoch'] + 1} starts again from its first batch")
         epoch, step, best_val = state["epoch"], state["step"], state["best_val"]
+
+    def save(row: dict, dir_name: str) -> None:
+        """Report `row` with a checkpoint of everything a resumed run needs (rank 0 writes it)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if rank == 0:
+                save_checkpoint(tmp, model=raw_model.state_dict(), optimizer=optimizer.state_dict(),
+                                scheduler=scheduler.state_dict(), loader=train_loader.state_dict(),
+                                rng=rng_state(), epoch=row["epoch"], step=step, best_val=best_val,
+                                schedule_steps=schedule_steps, config=config.to_dict(),
+                                metrics={k: v for k, v in row.items() if isinstance(v, (int, float, bool))})
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(row, checkpoint=ckpt, checkpoint_dir_name=dir_name)
 
     for epoch in range(epoch, tc.epochs):
         train_loader.set_epoch(epoch)
-        # per (epoch, rank) seeds: dropout differs across ranks, and a resumed epoch replays exactly
-        torch.manual_seed(tc.seed * 1_000_003 + epoch * 1009 + rank)
-        window = MetricWindow()
-        epoch_window = MetricWindow()
-        seen_keys: list[str] = []
-        for batch_index, batch in enumerate(train_loader):
-            _maybe_fail(loop_config.get("inject_failure"), epoch, batch_index)
-            seen_keys += batch["keys"]
+        window, epoch_window = MetricWindow(), MetricWindow()
+        for batch in train_loader:
+            torch.manual_seed(step_seed(tc.seed, step, rank))
+            keys = batch.pop("keys")
             batch = to_device(batch, device)
             with autocast():
                 out = model(batch)
@@ -188,20 +178,27 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             optimizer.step()
             scheduler.step()
             step += 1
-            metrics["lr"] = torch.tensor(scheduler.get_last_lr()[0])
-            bars, rows = len(batch["inp_len"]), count_events(batch)
-            window.add(metrics, bars, rows)
-            epoch_window.add(metrics, bars, rows)
+            metrics["lr"] = scheduler.get_last_lr()[0]
+            window.add(metrics)
+            epoch_window.add(metrics)
+            for observer in observers:
+                observer.after_step(rank=rank, epoch=epoch, step=step, keys=keys, metrics=metrics)
             if step % tc.log_every_steps == 0:
-                ray.train.report({"kind": "step", "step": step, "epoch": epoch, **window.reduce(device)})
+                ray.train.report({"kind": "step", "step": step, "epoch": epoch, **window.reduce()})
                 window = MetricWindow()
+            left = len(train_loader) - train_loader.batches_done
+            if tc.checkpoint_every_steps and step % tc.checkpoint_every_steps == 0 and left > 0:
+                # mid-epoch: no validation score (NaN ranks below every epoch checkpoint in Ray's
+                # keep-the-best order, and the latest checkpoint is always kept)
+                save({"kind": "checkpoint", "step": step, "epoch": epoch, "val_score": math.nan,
+                      "epoch_progress": train_loader.batches_done / len(train_loader)},
+                     f"checkpoint_step{step:08d}")
 
-        if loop_config.get("record_keys_dir"):   # test hook: which bars each rank trained on
-            Path(loop_config["record_keys_dir"], f"epoch{epoch}_rank{rank}.json").write_text(
-                json.dumps({"batches": len(train_loader), "keys": seen_keys, "node": ray.get_runtime_context().get_node_id()}))
-        train_metrics = epoch_window.reduce(device)
+        train_metrics = epoch_window.reduce()
         val_metrics = validate(model, val_loader, config, step, device, autocast)
-        score = val_metrics.get("val_loss", train_metrics["loss"])
+        # with no validation split, the best checkpoint is the one with the lowest training loss;
+        # the row says so (score_on) and the driver's summary repeats it
+        score = val_metrics.get("val_loss", train_metrics.get("loss", math.nan))
         best_val = min(best_val, score)
         stop = _stop_requested(loop_config.get("stop_actor"), device)
         roll = None
@@ -211,17 +208,22 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             except Exception as e:  # noqa: BLE001 - a picture must never end a training run
                 print(f"warning: no piano roll for epoch {epoch + 1}: {e!r}")
         row = {"kind": "epoch", "step": step, "epoch": epoch + 1, "val_score": score,
+               "score_on": "val" if val_metrics else "train",
                "final": stop or epoch + 1 == tc.epochs, "stopped": stop, "piano_roll": roll,
                **{f"train_{k}": v for k, v in train_metrics.items()}, **val_metrics}
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt = None
-            if rank == 0:
-                save_checkpoint(tmp, model=raw_model.state_dict(), optimizer=optimizer.state_dict(),
-                                scheduler=scheduler.state_dict(), loader=train_loader.state_dict(),
-                                rng=rng_state(), epoch=epoch + 1, step=step, best_val=best_val,
-                                config=config.to_dict(),
-                                metrics={k: v for k, v in row.items() if isinstance(v, (int, float, bool))})
-                ckpt = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(row, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_epoch{epoch + 1:04d}")
+        for observer in observers:
+            if hasattr(observer, "after_epoch"):
+                observer.after_epoch(rank=rank, epoch=epoch, batches=len(train_loader))
+        save(row, f"checkpoint_epoch{epoch + 1:04d}")
         if stop:
             break
+
+
+def _loaders(loop_config: dict, config: Config, rank: int, world: int) -> tuple[BarLoader, BarLoader | None]:
+    tc = config.train
+    plan = dict(world_size=world, batch_size=max(1, tc.batch_size // world), max_batch_rows=tc.max_batch_rows,
+                max_rows_per_bar=config.data.max_rows_per_bar, shuffle_window=tc.shuffle_window, seed=tc.seed)
+    train_loader = BarLoader(loop_config["train_urls"], rank=rank, options=PlanOptions(**plan))
+    val_loader = (BarLoader(loop_config["val_urls"], rank=rank, options=PlanOptions(**plan, shuffle=False))
+                  if loop_config.get("val_urls") else None)
+    return train_loader, val_loader
