@@ -143,6 +143,11 @@ class TrainConfig:
     """Seeds the initial weights, dropout and the data order (the original's fixed seed)."""
     keep_checkpoints: int = 3
     """Best checkpoints kept by validation loss (the latest is always kept too)."""
+    checkpoint_every_steps: int = 1000
+    """Also checkpoint every this many steps inside an epoch (with the loader's position, so a
+    restarted worker or a rerun resumes at the next batch, not at the epoch's start); 0: only at
+    epoch ends. Such checkpoints have no validation score: they are kept as the latest, never
+    chosen as the best."""
     log_every_steps: int = 20
     """Steps between metric reports."""
     shuffle_window: int = 4096
@@ -272,7 +277,8 @@ def _semantic_errors(c: Config) -> list[str]:
                     "loss.beta_max": lo.beta_max, "train.weight_decay": t.weight_decay,
                     "train.grad_clip_value": t.grad_clip_value,
                     "train.grad_clip_norm": t.grad_clip_norm, "train.warmup_steps": t.warmup_steps,
-                    "train.keep_checkpoints": t.keep_checkpoints}
+                    "train.keep_checkpoints": t.keep_checkpoints,
+                    "train.checkpoint_every_steps": t.checkpoint_every_steps}
     errors += [f"{k}: must be >= 0, got {v}" for k, v in non_negative.items() if v < 0]
     if t.max_batch_rows < 2 * c.data.max_rows_per_bar:
         errors.append(f"train.max_batch_rows: must be >= 2 x data.max_rows_per_bar = {2 * c.data.max_rows_per_bar} "

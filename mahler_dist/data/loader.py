@@ -33,6 +33,8 @@ so a resumed run can skip the batches it already trained on (`state_dict`).
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
 import json
 from collections.abc import Iterator, Sequence
@@ -288,13 +290,27 @@ class BarLoader:
     def __len__(self) -> int:
         return sum(len(w) for w in self._rank_plan())
 
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "batches_done": self.batches_done}
+    def fingerprint(self) -> str:
+        """What the plan is a function of, besides the epoch: the shards' names and sample
+        lengths and the options. A saved position means something only for the same fingerprint."""
+        h = hashlib.sha256(json.dumps([[u.rsplit("/", 1)[-1] for u in self.urls],
+                                       dataclasses.asdict(self.options)], sort_keys=True).encode())
+        for lengths in self.shard_lengths:
+            h.update(np.ascontiguousarray(lengths, dtype=np.int64).tobytes())
+        return h.hexdigest()[:16]
 
-    def load_state_dict(self, state: dict) -> None:
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batches_done": self.batches_done, "fingerprint": self.fingerprint()}
+
+    def load_state_dict(self, state: dict) -> bool:
+        """Continue at the saved position. When the plan would differ (other shards, lengths or
+        options - a new build, another world size or batch size), batches_done would point into a
+        different plan: resume at the start of the saved epoch instead and return False."""
         self.epoch = int(state["epoch"])
-        self.batches_done = int(state["batches_done"])
+        same = state.get("fingerprint") == self.fingerprint()
+        self.batches_done = int(state["batches_done"]) if same else 0
         self._plan = None
+        return same
 
     def __iter__(self) -> Iterator[dict]:
         skip = self.batches_done

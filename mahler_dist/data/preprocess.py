@@ -43,6 +43,7 @@ tasks write where they run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -200,7 +201,7 @@ def _build(store: Store, folder: str, input_dir: str, files: list[tuple[str, int
                   "samples": sum(x["nsamples"] for x in shardlist if x["split"] == s),
                   "pieces": sum(1 for m in manifest if m["split"] == s)} for s in S.SPLITS}
     index = S.build_index(shardlist, splits, stats=stats, write_back_programs=stats.pop("write_back_programs"),
-                          build=build, **hashes)
+                          build=build, data_config=dataclasses.asdict(config), **hashes)
     index_bytes = json.dumps(index, indent=1).encode()
     store.write(f"{folder}/{S.MANIFEST_NAME}", "".join(json.dumps(m) + "\n" for m in manifest).encode())
     store.write(f"{folder}/{S.SHARDS_DIR}/{S.INDEX_NAME}", index_bytes)

@@ -33,6 +33,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 METRICS_FILE = "metrics.json"
+CONFIG_FILE = "config.json"
 
 
 def save_checkpoint(directory: str | Path, metrics: dict[str, Any] | None = None, **parts: Any) -> Path:
@@ -41,10 +42,22 @@ def save_checkpoint(directory: str | Path, metrics: dict[str, Any] | None = None
 
     if metrics is not None:
         (Path(directory) / METRICS_FILE).write_text(json.dumps(metrics, sort_keys=True))
+    if parts.get("config") is not None:   # readable without torch: the driver checks it on resume
+        (Path(directory) / CONFIG_FILE).write_text(json.dumps(parts["config"], sort_keys=True, indent=1))
     path = Path(directory) / CHECKPOINT_FILE
     torch.save({"checkpoint_version": CHECKPOINT_VERSION, "data_format_version": DATA_FORMAT_VERSION,
                 **parts}, path)
     return path
+
+
+def checkpoint_config(directory: str | Path) -> dict[str, Any]:
+    """The resolved config a checkpoint was trained with (config.json; state.pt for older ones)."""
+    import json
+
+    path = Path(directory) / CONFIG_FILE
+    if path.exists():
+        return json.loads(path.read_text())
+    return load_checkpoint(directory)["config"]
 
 
 def load_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -8,11 +8,15 @@ Ctrl-C once: the workers finish the epoch, checkpoint and stop; twice: stop now.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
 import shutil
 import signal
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +24,8 @@ import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from mahler_dist.config import Config, load_config, resolve_config_path, save_config
+from mahler_dist.config import Config, config_from_dict, load_config, resolve_config_path, save_config
+from mahler_dist.model.checkpoint import METRICS_FILE, checkpoint_config
 from mahler_dist.data.shards import is_uri, read_index, shard_urls
 from mahler_dist.errors import ConfigError, MahlerError
 from mahler_dist.ray_runtime import ray_runtime
@@ -63,20 +68,50 @@ class TrainSummary:
 
     def __str__(self) -> str:
         how = "stopped after" if self.stopped_early else "finished"
-        val = self.metrics.get("val_loss", self.metrics.get("val_score"))
+        val = self.metrics.get("val_loss")
         lines = [f"run {self.name}: {how} epoch {self.epochs_done} in {self.seconds:.0f} s",
                  f"  train loss {self.metrics.get('train_loss', float('nan')):.4f}"
-                 + (f", validation loss {val:.4f}" if val is not None else ""),
-                 f"  best checkpoint: {self.best_checkpoint}",
+                 + (f", validation loss {val:.4f}" if val is not None else " (no validation split)"),
+                 f"  best checkpoint: {self.best_checkpoint}"
+                 + (" (by validation loss)" if val is not None else " (by training loss)"),
                  f"  metrics: {self.run_dir / 'metrics.jsonl'}"]
         if self.stopped_early:
             lines.append("  run the same command again to continue from the last checkpoint")
         return "\n".join(lines)
 
 
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The run's checkpoint with the highest step (epoch-end before mid-epoch at the same step)."""
+    found = []
+    for d in run_dir.glob("checkpoint_*"):
+        try:
+            m = json.loads((d / METRICS_FILE).read_text())
+        except (OSError, ValueError):
+            continue   # not one of ours, or not written whole
+        found.append((int(m.get("step", 0)), m.get("kind") == "epoch", d))
+    return max(found)[2] if found else None
+
+
+def check_architecture(config: Config, run_dir: Path) -> None:
+    """A resumed run's architecture is its checkpoint's. An edited model.* key in the run's
+    config.yaml would not load into the saved weights: say which keys, before any worker starts."""
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        return
+    saved = checkpoint_config(ckpt).get("model", {})
+    wanted = config.to_dict()["model"]
+    changed = [f"model.{k}: {saved[k]!r} in the checkpoint, {wanted.get(k)!r} in config.yaml"
+               for k in sorted(saved) if saved[k] != wanted.get(k)]
+    if changed:
+        listing = "\n  - ".join(changed)
+        raise ConfigError(f"run {run_dir.name} resumes from {ckpt.name}, whose architecture differs from "
+                          f"{run_dir / 'config.yaml'}:\n  - {listing}\nthe weights only fit the checkpoint's "
+                          "architecture: undo these edits, or start over with --restart")
+
+
 def resolve_run_config(run_dir: Path, config_arg: str | None, epochs: int | None) -> Config:
-    """A new run takes --config; a resumed run keeps its saved config (the checkpoint's model must
-    match it), with only --epochs applied on top."""
+    """A new run takes --config; a resumed run keeps its saved config.yaml (where a user may edit
+    training keys, not the architecture: check_architecture), with only --epochs applied on top."""
     saved = run_dir / "config.yaml"
     if saved.exists():
         config = load_config(saved)
@@ -95,12 +130,32 @@ def resolve_run_config(run_dir: Path, config_arg: str | None, epochs: int | None
     return config
 
 
+def record_data(config: Config, run_dir: Path, root: Path, index: dict) -> Config:
+    """The run's config records the data config its build was made with (not the defaults or the
+    --config's, which may differ), and data.json which build of which ROOT each start read."""
+    made_with = index.get("data_config")
+    if made_with is not None:
+        if made_with != dataclasses.asdict(config.data):
+            print(f"note: data settings are build {index['build']}'s (as preprocessed), not the config's")
+        config = config_from_dict({**config.to_dict(), "data": made_with},
+                                  f"the run's config with the data config of {root} build {index['build']}")
+    path = run_dir / "data.json"
+    history = json.loads(path.read_text())["starts"] if path.exists() else []
+    if history and history[-1]["build"] != index["build"]:
+        print(f"note: run {run_dir.name} continues on build {index['build']} (it last read build "
+              f"{history[-1]['build']}); a changed plan restarts the current epoch")
+    history.append({"root": str(root), "build": index["build"], "splits": index.get("splits"),
+                    "time": time.time()})
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"build": index["build"], "starts": history}, indent=1))
+    return config
+
+
 def train(name: str, root: str | Path, config: str | None = None, *, workers: int = 1, gpus: bool = False,
           epochs: int | None = None, restart: bool = False, yes: bool = False, max_failures: int = 3,
-          placement: str = "PACK", inject_failure: dict | None = None,
-          record_keys_dir: str | None = None, address: str | None = None) -> TrainSummary:
-    """Train or resume run NAME. `inject_failure` ({"epoch", "batch", "marker"}) and
-    `record_keys_dir` are test hooks: fail once on rank 0; write the bar keys each rank saw."""
+          placement: str = "PACK", observers: Sequence = (), address: str | None = None) -> TrainSummary:
+    """Train or resume run NAME. `observers` go to every worker (see train/loop.py): tests use
+    them to record the bars each step saw or to kill a worker at a given step."""
     check_run_name(name)
     if is_uri(root):   # Path() would turn s3://bucket/x into a local folder named "s3:"
         raise MahlerError(f"{root}: training needs a local or shared-filesystem ROOT for now; object-store "
@@ -116,25 +171,29 @@ def train(name: str, root: str | Path, config: str | None = None, *, workers: in
     if not train_urls:
         raise MahlerError(f"{root}: build {index['build']} has no training shards")
     cfg = resolve_run_config(run_dir, config, epochs)
+    check_architecture(cfg, run_dir)
+    cfg = record_data(cfg, run_dir, root, index)
+    if not val_urls:
+        print(f"note: build {index['build']} has no validation split; the best checkpoint is chosen by "
+              "training loss (preprocess with data.val_fraction > 0 to validate)")
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
 
     with ray_runtime(address, configure_logging=False, log_to_driver=True):
         return _train_on_ray(name, run_dir, root, cfg, train_urls, val_urls, workers=workers, gpus=gpus,
-                             max_failures=max_failures, placement=placement,
-                             inject_failure=inject_failure, record_keys_dir=record_keys_dir)
+                             max_failures=max_failures, placement=placement, observers=list(observers),
+                             build=index["build"])
 
 
 def _train_on_ray(name: str, run_dir: Path, root: Path, cfg: Config, train_urls: list[str],
                   val_urls: list[str], *, workers: int, gpus: bool, max_failures: int, placement: str,
-                  inject_failure: dict | None, record_keys_dir: str | None) -> TrainSummary:
+                  observers: list, build: str) -> TrainSummary:
     stop_name = f"stop-{name}-{time.time_ns()}"
     stop_flag = StopFlag.options(name=stop_name, namespace=STOP_ACTOR_NAMESPACE).remote()
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": cfg.to_dict(), "train_urls": train_urls, "val_urls": val_urls,
-                           "stop_actor": stop_name, "inject_failure": inject_failure,
-                           "record_keys_dir": record_keys_dir,
+                           "stop_actor": stop_name, "observers": observers,
                            "piano_roll_dir": str(run_dir / "piano_rolls")},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus, resources_per_worker={"CPU": 1},
                                      placement_strategy=placement),
@@ -144,7 +203,7 @@ def _train_on_ray(name: str, run_dir: Path, root: Path, cfg: Config, train_urls:
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints,
                                                checkpoint_score_attribute="val_score",
                                                checkpoint_score_order="min"),
-            callbacks=[TrackingCallback(str(run_dir), name, cfg.to_dict())],
+            callbacks=[TrackingCallback(str(run_dir), name, {**cfg.to_dict(), "build": build})],
         ),
     )
     t0 = time.time()
@@ -153,9 +212,17 @@ def _train_on_ray(name: str, run_dir: Path, root: Path, cfg: Config, train_urls:
     finally:
         ray.kill(stop_flag)
     metrics = dict(result.metrics or {})
-    best = result.get_best_checkpoint("val_score", "min") if result.best_checkpoints else result.checkpoint
+    best = best_checkpoint(result.best_checkpoints) or result.checkpoint
     return TrainSummary(name, run_dir, int(metrics.get("epoch", 0)), bool(metrics.get("stopped")),
                         best.path if best else None, metrics, time.time() - t0)
+
+
+def best_checkpoint(checkpoints: list[tuple]):
+    """The epoch checkpoint with the lowest val_score (mid-epoch ones have none)."""
+    scored = [(m["val_score"], m["step"], c) for c, m in checkpoints
+              if m.get("kind") == "epoch" and isinstance(m.get("val_score"), (int, float))
+              and math.isfinite(m["val_score"])]
+    return min(scored, key=lambda t: t[:2])[2] if scored else None
 
 
 def _fit_with_graceful_stop(trainer: TorchTrainer, stop_flag):

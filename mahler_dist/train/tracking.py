@@ -36,7 +36,8 @@ def wandb_mode() -> str:
 
 
 class MetricsWriter:
-    """Append-only JSON lines; each row has `kind` (step | epoch), `step`, `epoch`, `time`."""
+    """Append-only JSON lines; each row has `kind` (step | epoch | checkpoint | error), `step`,
+    `epoch`, `time`. A "checkpoint" row marks a mid-epoch checkpoint (`epoch_progress` in [0, 1))."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -91,7 +92,7 @@ class TrackingCallback(UserCallback):
             return
         self._ensure_started()
         self._writer.write(row)
-        if self._wandb_run is not None:
+        if self._wandb_run is not None and row["kind"] in ("step", "epoch"):   # not "checkpoint" rows
             prefix = "epoch/" if row["kind"] == "epoch" else "train/"
             logged = {f"{prefix}{k}": v for k, v in row.items()
                       if isinstance(v, (int, float)) and k not in ("step",)}

@@ -16,8 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
+from train_observers import KeyRecorder, KillAtStep, read_records, steps_of
 
-from mahler_dist.config import DataConfig
+from mahler_dist.config import DataConfig, load_config, resolve_config_path, save_config
+from mahler_dist.errors import ConfigError
 from mahler_dist.train.tracking import read_metrics
 
 pytestmark = pytest.mark.integration
@@ -54,7 +56,7 @@ def test_two_workers_two_epochs_each_bar_once(data_root, tmp_path):
 
     keys_dir = tmp_path / "keys"
     keys_dir.mkdir()
-    summary = train("two", data_root, "tiny", workers=2, epochs=2, record_keys_dir=str(keys_dir))
+    summary = train("two", data_root, "tiny", workers=2, epochs=2, observers=[KeyRecorder(keys_dir)])
     run_dir = data_root / "runs" / "two"
     assert summary.epochs_done == 2 and not summary.stopped_early
     assert (run_dir / "checkpoint_epoch0002" / "state.pt").exists()
@@ -62,42 +64,91 @@ def test_two_workers_two_epochs_each_bar_once(data_root, tmp_path):
 
     epochs = _epochs(run_dir)
     assert [e["epoch"] for e in epochs] == [1, 2]
-    assert all("val_loss" in e and "val_acc_p" in e for e in epochs)
+    assert all("val_loss" in e and "val_acc_p" in e and e["score_on"] == "val" for e in epochs)
     steps = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "step"]
     assert steps and steps[-1]["loss"] < steps[0]["loss"]          # training loss falls
     assert epochs[1]["train_loss"] < epochs[0]["train_loss"]
     assert {"samples_per_s", "events_per_s", "grad_norm", "lr", "kl_bits", "acc_o", "dist_p"} <= set(steps[0])
 
     expected = _train_keys(data_root)
+    records = read_records(keys_dir)
     for epoch in (0, 1):
-        ranks = [json.loads((keys_dir / f"epoch{epoch}_rank{r}.json").read_text()) for r in (0, 1)]
-        seen = ranks[0]["keys"] + ranks[1]["keys"]
+        seen = [k for r in steps_of(records, epoch) for k in r["keys"]]
         assert len(seen) == len(set(seen)) and set(seen) == expected      # each bar exactly once
-        assert ranks[0]["batches"] == ranks[1]["batches"]                 # same number of steps
+        per_rank = [len([r for r in steps_of(records, epoch) if r["rank"] == rank]) for rank in (0, 1)]
+        assert per_rank[0] == per_rank[1]                                 # same number of steps
     assert len(_wandb_runs(run_dir)) == 1
     # each epoch, rank 0 samples a few bars and logs them as a piano roll (W&B image + file)
     assert [Path(e["piano_roll"]).name for e in epochs] == ["epoch0001.png", "epoch0002.png"]
     assert all(Path(e["piano_roll"]).stat().st_size > 1000 for e in epochs)
 
 
-def test_worker_failure_restarts_from_checkpoint_and_rerun_resumes(data_root, tmp_path):
+CHECKPOINT_EVERY = 5
+
+
+def _config_file(tmp_path: Path, **train) -> Path:
+    config = load_config(resolve_config_path("tiny"))
+    for k, v in train.items():
+        setattr(config.train, k, v)
+    path = tmp_path / "run.yaml"
+    save_config(config, path)
+    return path
+
+
+def test_a_killed_worker_resumes_mid_epoch_at_the_next_batch(data_root, tmp_path):
+    """Checkpoints every 5 steps; rank 0's process is SIGKILLed 2 steps after the checkpoint at
+    step 10. The restarted workers continue at step 11 with the same batches: steps 1-10 of the
+    first attempt and 11-end of the second train every bar of the epoch exactly once, and step 11
+    is the same step (same bars, same loss) in both attempts."""
+    from mahler_dist.data.loader import BarLoader, PlanOptions
+    from mahler_dist.data.shards import shard_urls
     from mahler_dist.train.launch import train
 
-    marker = tmp_path / "failed-once"
-    summary = train("faulty", data_root, "tiny", workers=2, epochs=2,
-                    inject_failure={"epoch": 1, "batch": 2, "marker": str(marker)})
+    cfg = _config_file(tmp_path, checkpoint_every_steps=CHECKPOINT_EVERY, lr_schedule="cosine")
+    tiny = load_config(cfg).train
+    ckpt_step, kill_step = 2 * CHECKPOINT_EVERY, 2 * CHECKPOINT_EVERY + 2
+    plan = PlanOptions(world_size=2, batch_size=tiny.batch_size // 2, max_batch_rows=tiny.max_batch_rows,
+                       shuffle_window=tiny.shuffle_window, seed=tiny.seed)
+    assert len(BarLoader(shard_urls(data_root, "train"), options=plan)) > kill_step   # a mid-epoch kill
+
+    keys_dir, marker = tmp_path / "keys", tmp_path / "killed-once"
+    keys_dir.mkdir()
+    summary = train("faulty", data_root, str(cfg), workers=2, epochs=2,
+                    observers=[KeyRecorder(keys_dir), KillAtStep(kill_step, marker)])
     run_dir = data_root / "runs" / "faulty"
     assert marker.exists() and summary.epochs_done == 2
+    records = read_records(keys_dir)
+    first = [r for r in steps_of(records, 0) if r["attempt"] == 0]
+    again = [r for r in steps_of(records, 0) if r["attempt"] == 1]
+    assert max(r["step"] for r in first) == kill_step                   # died mid-epoch ...
+    assert min(r["step"] for r in again) == ckpt_step + 1                # ... resumed after the checkpoint
+    trained = [k for r in first if r["step"] <= ckpt_step for k in r["keys"]] + \
+              [k for r in again for k in r["keys"]]
+    assert len(trained) == len(set(trained)) and set(trained) == _train_keys(data_root)
+    for rank in (0, 1):
+        a = next(r for r in first if r["rank"] == rank and r["step"] == ckpt_step + 1)
+        b = next(r for r in again if r["rank"] == rank and r["step"] == ckpt_step + 1)
+        assert a["keys"] == b["keys"] and b["loss"] == pytest.approx(a["loss"], rel=1e-5)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert any(r["kind"] == "error" and "injected failure" in r["error"] for r in rows)
-    # epoch 1 was checkpointed before the failure, so it was trained once; epoch 2 completed
-    assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == [1, 2]
+    assert any(r["kind"] == "checkpoint" and r["step"] == ckpt_step for r in rows)
+    assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == [1, 2]   # each epoch reported once
     assert len(_wandb_runs(run_dir)) == 1          # one W&B run across the worker restart
+    assert summary.best_checkpoint and "checkpoint_epoch" in summary.best_checkpoint
 
-    # the job itself ends and is run again with more epochs: it resumes at epoch 3
+    # the job itself ends and is run again with more epochs: it resumes at epoch 3, and the
+    # cosine schedule keeps its length (no jump back up to a higher learning rate)
     again = train("faulty", data_root, None, workers=2, epochs=3)
     assert again.epochs_done == 3
     assert [e["epoch"] for e in _epochs(run_dir)] == [1, 2, 3]
+    lrs = [r["lr"] for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "step"]
+    assert all(b <= a + 1e-12 for a, b in zip(lrs, lrs[1:])), lrs
+
+    # an edited architecture key in the run's config.yaml: one clear error, before any worker
+    saved = load_config(run_dir / "config.yaml")
+    saved.model.enc_size = 48
+    save_config(saved, run_dir / "config.yaml")
+    with pytest.raises(ConfigError, match=r"model\.enc_size: 32 in the checkpoint, 48 in config\.yaml"):
+        train("faulty", data_root, None, workers=2, epochs=4)
 
 
 def _start_cli_train(data_root: Path, name: str, epochs: int) -> subprocess.Popen:
@@ -159,7 +210,8 @@ def test_training_on_a_simulated_two_node_cluster(data_root, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result == {"epochs_done": 1, "nodes": 2}
-    ranks = [json.loads((keys_dir / f"epoch0_rank{r}.json").read_text()) for r in (0, 1)]
-    assert ranks[0]["node"] != ranks[1]["node"]                 # one worker per node
-    seen = ranks[0]["keys"] + ranks[1]["keys"]
+    steps = steps_of(read_records(keys_dir), 0)
+    nodes = {rank: {r["node"] for r in steps if r["rank"] == rank} for rank in (0, 1)}
+    assert len(nodes[0]) == len(nodes[1]) == 1 and nodes[0] != nodes[1]   # one worker per node
+    seen = [k for r in steps for k in r["keys"]]
     assert len(seen) == len(set(seen)) and set(seen) == _train_keys(data_root)

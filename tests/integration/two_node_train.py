@@ -7,8 +7,12 @@ the test session's Ray in one driver. Prints one JSON line with what the test ch
 import json
 import os
 import sys
+from pathlib import Path
 
 from ray.cluster_utils import Cluster
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # tests/: the test observers
+from train_observers import KeyRecorder  # noqa: E402
 
 
 def main(root: str, keys_dir: str) -> None:
@@ -23,7 +27,7 @@ def main(root: str, keys_dir: str) -> None:
         from mahler_dist.train.launch import train
 
         summary = train("twonode", root, "tiny", workers=2, epochs=1, placement="SPREAD",
-                        record_keys_dir=keys_dir)
+                        observers=[KeyRecorder(keys_dir)])
         print(json.dumps({"epochs_done": summary.epochs_done, "nodes": len(ray.nodes())}))
     finally:
         ray.shutdown()
