@@ -32,7 +32,8 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
     for key, value in overrides.items():
         if value is not None:
             setattr(data, key, value)
-    summary = preprocess(args.root, data, workers=args.workers, force=args.force, address=args.address)
+    summary = preprocess(args.root, data, workers=args.workers, force=args.force, address=args.address,
+                         wait_s=args.wait)
     print(summary)
     return 0
 
@@ -96,9 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_inspect)
 
     p = sub.add_parser("preprocess", help="ROOT/input/**.mid -> WebDataset shards, manifest and pieces (Ray Data)")
-    p.add_argument("root", help="the project folder: reads ROOT/input, writes ROOT/shards, ROOT/pieces, ROOT/manifest.jsonl")
+    p.add_argument("root", help="the project folder: reads ROOT/input, publishes ROOT/builds/<id>/ "
+                   "(shards, pieces, manifest.jsonl) and points ROOT/CURRENT at it")
     p.add_argument("--workers", type=int, default=None, help="parallel encoders (default: the cluster's CPUs)")
     p.add_argument("--force", action="store_true", help="rebuild even if the input and config are unchanged")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="when another preprocess run holds ROOT/.lock, wait this long for it (default 0: fail at once)")
     p.add_argument("--shard-samples", type=int, default=None, help="bar samples per shard")
     p.add_argument("--val", type=float, default=None, help="fraction of pieces for validation (default 0.05)")
     p.add_argument("--test", type=float, default=None, help="fraction of pieces for test (default 0.05)")

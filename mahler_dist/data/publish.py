@@ -102,8 +102,8 @@ class RootLock:
                 continue
             if time.monotonic() >= deadline:
                 raise MahlerError(f"{self.store.root}: another preprocess run holds {LOCK_NAME} "
-                                  f"({describe_owner(holder)}); wait for it to finish, or remove "
-                                  f"{S.join(self.store.root, LOCK_NAME)} if that run is gone")
+                                  f"({describe_owner(holder)}); wait for it to finish (`--wait SECONDS`), "
+                                  f"or remove {S.join(self.store.root, LOCK_NAME)} if that run is gone")
             if not said:
                 self.say(f"waiting for the run that holds the lock ({describe_owner(holder)})")
                 said = True
