@@ -3,7 +3,7 @@
 Bars are laid end to end, each in its own metre; notes are decoded with music.rows.decode_bar
 (time restarts at every bar, pause rows only advance time, onsets at or past the bar end are
 dropped) and written with the instrument write-back table (the corpus statistics in
-ROOT/shards/index.json "write_back_programs" when present, else the defaults): 120 bpm,
+the current build's index.json "write_back_programs" when present, else the defaults): 120 bpm,
 velocity 64, one channel per instrument class (music.rows.piece_to_score).
 """
 
@@ -59,7 +59,7 @@ def rows_to_midi_bytes(bars: Sequence[np.ndarray], metres: Sequence[Metre] | Met
 
 
 def corpus_programs(root: str | Path | None) -> tuple[int, ...]:
-    """The write-back program per instrument class from ROOT/shards/index.json, else the defaults."""
+    """The write-back program per instrument class from the current build's index.json, else the defaults."""
     if root is not None:
         try:
             from mahler_dist.data.shards import read_index

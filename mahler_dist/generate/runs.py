@@ -1,13 +1,16 @@
-"""Finding a run's checkpoints without Ray: ROOT/runs/NAME/checkpoint_epochNNNN/{state.pt, metrics.json}.
+"""Finding a run's checkpoints without Ray: ROOT/runs/NAME/checkpoint_*/{state.pt, metrics.json}.
 
+Folders are checkpoint_epochNNNN (end of an epoch, with a validation score) and
+checkpoint_stepNNNNNNNN (inside an epoch, every train.checkpoint_every_steps; no score).
 `--model` names a checkpoint folder of the run ("checkpoint_epoch0003"), or "best" (the lowest
-metrics.json "val_score") or "latest" (the highest epoch). The name is checked against the
+finite metrics.json "val_score") or "latest" (the highest step). The name is checked against the
 folders that exist; a user string never becomes a path.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,15 +18,17 @@ from pathlib import Path
 from mahler_dist.errors import MahlerError
 from mahler_dist.model.checkpoint import CHECKPOINT_FILE, METRICS_FILE
 from mahler_dist.run_names import check_run_name
-CHECKPOINT_DIR = re.compile(r"^checkpoint_epoch(\d{1,9})$")
+CHECKPOINT_DIR = re.compile(r"^checkpoint_(epoch|step)(\d{1,9})$")
 
 
 @dataclass(frozen=True)
 class CheckpointInfo:
     name: str
     path: Path
-    epoch: int
-    val_score: float | None
+    epoch: int                 # epochs completed when it was written
+    step: int
+    end_of_epoch: bool
+    val_score: float | None    # None for a mid-epoch checkpoint (or one without metrics.json)
 
 
 def run_dir(root: str | Path, name: str) -> Path:
@@ -36,20 +41,24 @@ def run_dir(root: str | Path, name: str) -> Path:
 
 
 def list_checkpoints(run: Path) -> list[CheckpointInfo]:
-    """The run's complete checkpoints (folders with state.pt), by epoch."""
+    """The run's complete checkpoints (folders with state.pt), oldest first (by step; at one
+    step the epoch-end checkpoint last)."""
     out = []
     for child in run.iterdir():
         m = CHECKPOINT_DIR.match(child.name)
         if not (m and child.is_dir() and (child / CHECKPOINT_FILE).is_file()):
             continue
-        score = None
         try:
-            score = json.loads((child / METRICS_FILE).read_text()).get("val_score")
-            score = float(score) if score is not None else None
-        except (OSError, ValueError, TypeError):
-            score = None
-        out.append(CheckpointInfo(child.name, child, int(m.group(1)), score))
-    return sorted(out, key=lambda c: (c.epoch, c.name))
+            metrics = json.loads((child / METRICS_FILE).read_text())
+        except (OSError, ValueError):
+            metrics = {}
+        end_of_epoch = m.group(1) == "epoch"
+        score = metrics.get("val_score") if end_of_epoch else None
+        score = float(score) if isinstance(score, (int, float)) and math.isfinite(score) else None
+        epoch = int(m.group(2)) if end_of_epoch else int(metrics.get("epoch", 0))
+        step = int(metrics.get("step", int(m.group(2)) if not end_of_epoch else 0))
+        out.append(CheckpointInfo(child.name, child, epoch, step, end_of_epoch, score))
+    return sorted(out, key=lambda c: (c.step, c.epoch, c.end_of_epoch, c.name))
 
 
 def resolve_checkpoint(run: Path, which: str = "best") -> CheckpointInfo:

@@ -1,8 +1,11 @@
 """What a training checkpoint holds, and how it is written and read back (no pickle).
 
-One file, `state.pt`, with fixed keys (STYLE.md item 3): model, optimizer, scheduler, train
-state (epoch, step, best validation loss), loader position, RNG states, the resolved config and
-the data format version. It is loaded with `weights_only=True`.
+One file, `state.pt`, with fixed keys (a fixed schema, so a checkpoint is read the same way by
+every version that knows its `checkpoint_version`): model, optimizer, scheduler, train state
+(epoch, step, best validation loss, the schedule's length in steps), loader position (with the
+plan's fingerprint), RNG states, the resolved config and the data format version. It is loaded
+with `weights_only=True`. Beside it: metrics.json (the report's metrics) and config.json (the
+config, so the driver can check a resumed run's architecture without loading weights).
 """
 
 from __future__ import annotations

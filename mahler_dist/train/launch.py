@@ -25,7 +25,8 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from mahler_dist.config import Config, config_from_dict, load_config, resolve_config_path, save_config
-from mahler_dist.model.checkpoint import METRICS_FILE, checkpoint_config
+from mahler_dist.generate.runs import list_checkpoints
+from mahler_dist.model.checkpoint import checkpoint_config
 from mahler_dist.data.shards import is_uri, read_index, shard_urls
 from mahler_dist.errors import ConfigError, MahlerError
 from mahler_dist.ray_runtime import ray_runtime
@@ -81,15 +82,9 @@ class TrainSummary:
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The run's checkpoint with the highest step (epoch-end before mid-epoch at the same step)."""
-    found = []
-    for d in run_dir.glob("checkpoint_*"):
-        try:
-            m = json.loads((d / METRICS_FILE).read_text())
-        except (OSError, ValueError):
-            continue   # not one of ours, or not written whole
-        found.append((int(m.get("step", 0)), m.get("kind") == "epoch", d))
-    return max(found)[2] if found else None
+    """The run's checkpoint with the highest step (the epoch-end one at a tie)."""
+    found = list_checkpoints(run_dir) if run_dir.is_dir() else []
+    return found[-1].path if found else None
 
 
 def check_architecture(config: Config, run_dir: Path) -> None:

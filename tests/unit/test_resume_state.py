@@ -74,3 +74,21 @@ def test_the_cosine_schedule_holds_its_floor_past_its_length():
     factors = [lr_factor(s, 100, cfg) for s in range(0, 300)]
     assert factors[0] == pytest.approx(1.0) and factors[100] == pytest.approx(0.1)
     assert all(b <= a for a, b in zip(factors, factors[1:])) and factors[-1] == pytest.approx(0.1)
+
+
+def test_generation_sees_mid_epoch_checkpoints_as_latest_never_as_best(tmp_path):
+    import math
+
+    from mahler_dist.generate.runs import resolve_checkpoint
+
+    config = load_config(resolve_config_path("tiny"))
+    for name, step, kind, score in [("checkpoint_epoch0001", 10, "epoch", 2.0),
+                                    ("checkpoint_epoch0002", 20, "epoch", 1.5),
+                                    ("checkpoint_step00000025", 25, "checkpoint", math.nan)]:
+        d = tmp_path / name
+        d.mkdir()
+        save_checkpoint(d, metrics={"step": step, "kind": kind, "epoch": 2, "val_score": score},
+                        config=config.to_dict(), model={})
+    assert resolve_checkpoint(tmp_path, "latest").name == "checkpoint_step00000025"
+    assert resolve_checkpoint(tmp_path, "best").name == "checkpoint_epoch0002"
+    assert resolve_checkpoint(tmp_path, "checkpoint_step00000025").step == 25
