@@ -63,6 +63,12 @@ def _decode(sample: dict) -> dict:
             "active": npy("active.npy"), "metre": meta.get("metre", "")}
 
 
+def read_samples(url: str) -> Iterator[dict]:
+    """The decoded samples of one shard in file order: {"key", "context", "inputs", "active", "metre"}."""
+    for raw in _read_shard(url):
+        yield _decode(raw)
+
+
 def scan_lengths(urls: Sequence[str]) -> list[np.ndarray]:
     """Per shard: int64 [n, 2] (context rows, input rows) of its samples in file order."""
     out = []

@@ -4,7 +4,8 @@ Step-aligned (reference 5.2, 9.28): predicted row i against target row i; offset
 over every target row, pitch and instrument over the target's note rows (as the loss masks); a
 target row with no predicted row counts as wrong. One inserted or missing event misaligns the
 rest of the bar, so the alignment-free note-set F1 is reported beside it: per bar, the notes as
-sets of (onset in the bar, pitch, instrument), F1 = 2|P & T| / (|P| + |T|) (1 when both are empty).
+sets of (onset in the bar, pitch, instrument), F1 = 2|P & T| / (|P| + |T|) (1 when both are empty);
+and the onset F1 over the sets of onset ticks alone (rhythm, whatever the pitches).
 """
 
 from __future__ import annotations
@@ -19,6 +20,13 @@ from mahler_dist.music.rows import decode_bar
 
 PROPERTIES = ("offset", "duration", "pitch", "instrument")
 _COLUMN = {"offset": V.OFFSET, "duration": V.DURATION, "pitch": V.PITCH, "instrument": V.INSTRUMENT}
+
+
+def _f1(tp: int, n_pred: int, n_target: int) -> float:
+    """Micro F1 from counts (1.0 when both sides are empty)."""
+    if n_pred == 0 and n_target == 0:
+        return 1.0
+    return 2.0 * tp / (n_pred + n_target)
 
 
 def note_set(rows: np.ndarray, bar_ticks: int) -> set[tuple[int, int, int]]:
@@ -38,7 +46,21 @@ class ReconStats:
     tp: int = 0
     n_pred: int = 0
     n_target: int = 0
+    onset_tp: int = 0          # onsets (ticks in the bar) both in the prediction and the target
+    onset_pred: int = 0
+    onset_target: int = 0
     capped: int = 0
+
+    def merge(self, other: ReconStats) -> ReconStats:
+        """Add another's totals (partial results of parallel tasks)."""
+        for name in PROPERTIES:
+            self.correct[name] += other.correct[name]
+            self.total[name] += other.total[name]
+            self.logp[name] += other.logp[name]
+        for k in ("bars", "exact_bars", "f1_sum", "tp", "n_pred", "n_target", "onset_tp", "onset_pred",
+                  "onset_target", "capped"):
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+        return self
 
     def add(self, predicted: np.ndarray, target: np.ndarray, bar_ticks: int) -> None:
         predicted, target = np.asarray(predicted), np.asarray(target)
@@ -61,6 +83,10 @@ class ReconStats:
         self.n_pred += len(p)
         self.n_target += len(t)
         self.f1_sum += 1.0 if not p and not t else 2.0 * common / (len(p) + len(t))
+        po, to = {n[0] for n in p}, {n[0] for n in t}
+        self.onset_tp += len(po & to)
+        self.onset_pred += len(po)
+        self.onset_target += len(to)
 
     def add_logp(self, name: str, value: float) -> None:
         self.logp[name] += float(value)
@@ -89,6 +115,7 @@ class ReconStats:
             "note_precision": micro_p,
             "note_recall": micro_r,
             "note_f1_micro": (2 * micro_p * micro_r / (micro_p + micro_r)) if micro_p + micro_r else 0.0,
+            "onset_f1_micro": _f1(self.onset_tp, self.onset_pred, self.onset_target),
             "bars_hit_row_cap": self.capped,
         }
         if teacher_forcing:

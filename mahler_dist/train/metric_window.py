@@ -22,8 +22,12 @@ STEPS = "_steps"
 
 
 class MetricWindow:
-    def __init__(self) -> None:
+    """`over_ranks=False`: this rank's batches only (one rank measuring alone must not all-reduce:
+    the others are not there to meet it)."""
+
+    def __init__(self, over_ranks: bool = True) -> None:
         self.sums: dict[str, torch.Tensor] = {}
+        self.over_ranks = over_ranks
         self.started = time.perf_counter()
 
     def _acc(self, key: str, value: torch.Tensor) -> None:
@@ -42,21 +46,34 @@ class MetricWindow:
                 continue   # counts are summed above; loss and recon are re-added in reduce
             self._acc(k, as_t(v) * weights[METRIC_UNIT.get(k, STEPS)])
 
-    def reduce(self) -> dict[str, float]:
-        """Means over every rank's batches since the window started (the same dict on every rank)."""
+    def totals(self) -> dict[str, float]:
+        """The raw weighted sums and counts, summed over ranks (mergeable: add two such dicts)."""
         if not self.sums:
             return {}
         keys = sorted(self.sums)
         flat = torch.stack([self.sums[k].reshape(()) for k in keys])
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if self.over_ranks and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(flat)
-        sums = dict(zip(keys, flat.tolist()))
-        counts = {c: sums.pop(f"n:{c}") for c in (*COUNTS, STEPS)}
-        out = {k: v / max(counts[METRIC_UNIT.get(k, STEPS)], 1.0) for k, v in sums.items()}
-        recon = [out[k] for k in RECON_TERMS if k in out]
-        if recon:
-            out["recon"] = sum(recon)
-            out["loss"] = out["recon"] + out.get(KL_TERM, 0.0)
+        return dict(zip(keys, flat.tolist()))
+
+    def reduce(self) -> dict[str, float]:
+        """Means over every rank's batches since the window started (the same dict on every rank)."""
+        totals = self.totals()
+        if not totals:
+            return {}
+        out = means_of(totals)
         seconds = max(time.perf_counter() - self.started, 1e-9)
-        out.update(samples_per_s=counts["bars"] / seconds, events_per_s=counts["rows"] / seconds)
+        out.update(samples_per_s=totals["n:bars"] / seconds, events_per_s=totals["n:rows"] / seconds)
         return out
+
+
+def means_of(totals: dict[str, float]) -> dict[str, float]:
+    """Weighted sums -> means (each by its own count), with recon and loss re-added from terms."""
+    sums = dict(totals)
+    counts = {c: sums.pop(f"n:{c}") for c in (*COUNTS, STEPS)}
+    out = {k: v / max(counts[METRIC_UNIT.get(k, STEPS)], 1.0) for k, v in sums.items()}
+    recon = [out[k] for k in RECON_TERMS if k in out]
+    if recon:
+        out["recon"] = sum(recon)
+        out["loss"] = out["recon"] + out.get(KL_TERM, 0.0)
+    return out
