@@ -54,11 +54,13 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     opts = GenerateOptions(
         types=args.type, checkpoint=args.model, file=args.file, units=args.units or [],
         samples=args.samples, length=args.length, meter=args.meter, use_start_ctx=args.use_start_ctx,
-        no_ctx=args.no_ctx, steps=args.steps, teacher_forcing=args.use_teacher_forcing,
+        zero_ctx=args.zero_ctx, no_ctx=args.no_ctx, steps=args.steps,
+        teacher_forcing=args.use_teacher_forcing,
         slerp=args.use_slerp, seed=args.seed, split=args.split, batch_size=args.batch_size,
         device=args.device, plot=not args.no_plot, max_bars=args.max_bars, max_rows=args.max_rows,
         temperatures={"offset": args.offset_temperature, "duration": args.duration_temperature,
-                      "pitch": args.pitch_temperature, "instrument": args.instrument_temperature})
+                      "pitch": args.pitch_temperature, "instrument": args.instrument_temperature},
+        decoding={"top_p": args.top_p, "top_k": args.top_k, "max_polyphony": args.max_polyphony})
     run_generate(args.root, args.name, opts)
     return 0
 
@@ -145,10 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-l", "--length", type=int, default=1, help="bars per generated sample (pred, n_pred)")
     p.add_argument("-M", "--meter", default=None,
                    help="2, 3, 4 (x/4), 6 (6/8) or N/D; default: the seed bar's metre, else 4/4")
-    p.add_argument("-C", "--use-start-ctx", action="store_true",
-                   help="default context = the START row (else an all-zero summary, as the original)")
+    ctx = p.add_mutually_exclusive_group()
+    ctx.add_argument("-C", "--use-start-ctx", action="store_true",
+                     help="default context = the START row, the context of a training piece's first bar "
+                          "(the default now; kept for old command lines)")
+    ctx.add_argument("-Z", "--zero-ctx", action="store_true",
+                     help="default context = an all-zero summary, as the original (never seen in training)")
     p.add_argument("-U", "--no-ctx", action="store_true",
-                   help="n_recon: use the default context, not the true one")
+                   help="n_recon: use the default context (START; zeros with --zero-ctx), not the true one")
     p.add_argument("-S", "--steps", type=int, default=10, help="interpolation steps (intpol)")
     p.add_argument("-F", "--use-teacher-forcing", action="store_true", help="recon/n_recon: teacher-forced")
     p.add_argument("-e", "--use-slerp", action="store_true", help="intpol: spherical interpolation")
@@ -156,6 +162,15 @@ def build_parser() -> argparse.ArgumentParser:
     for prop in ("offset", "duration", "pitch", "instrument"):
         p.add_argument(f"--{prop}-temperature", type=float, default=None,
                        help=f"{prop} sampling temperature, 0 = argmax (default: the run's config)")
+    p.add_argument("--top-p", type=float, default=None, metavar="P",
+                   help="nucleus sampling, every property: draw only from the likeliest classes holding "
+                        "P of the probability, 0 < P <= 1, 1 = off (default: the run's generate.top_p)")
+    p.add_argument("--top-k", type=int, default=None, metavar="K",
+                   help="draw only from the K likeliest classes of each property, 0 = off, 1 = argmax "
+                        "(default: the run's generate.top_k)")
+    p.add_argument("--max-polyphony", type=int, default=None, metavar="N",
+                   help="at most N notes at one onset, no (pitch, instrument) twice at one onset; 0 = off "
+                        "(default: the run's generate.max_polyphony, 12)")
     p.add_argument("--split", default=None, help="n_recon without --file: train, val, test or all (default)")
     p.add_argument("--max-bars", type=int, default=None, help="n_recon: stop after this many bars")
     p.add_argument("--batch-size", type=int, default=64, help="bars decoded together (n_recon)")

@@ -12,15 +12,22 @@ what a server batching concurrent requests needs. A request's result depends onl
 fields (counter-based randomness, sampler.py), not on what it was batched with.
 
 Contexts: "start" (the START row through the context encoder, the training-time context of a
-piece's first bar), "zeros" (an all-zero summary: the original's default, never seen in training,
-reference 9.20) or the rows of a bar. Encoding a bar uses the posterior mean (DESIGN.md 5; the
+piece's first bar; the default of every call and, since issue 11, of `mahler generate`), "zeros"
+(an all-zero summary: the original's default, never seen in training, reference 9.20; only when
+asked) or the rows of a bar. Encoding a bar uses the posterior mean (DESIGN.md 5; the
 original sampled, 9.3). Bars chain: the next bar's context is the previous generated bar, and its
 z is drawn from the prior (N(0, I), or p(z | context) when learned).
+
+Decoding limits (`Decoding`, sampler.py): top-k / top-p and the per-onset polyphony bound, from
+the run's `generate` config unless a call or request gives its own; they apply to every decoded
+bar (sampling, free-running reconstruction, interpolation), not to teacher-forced predictions.
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence, Union
@@ -33,7 +40,7 @@ from mahler_dist.errors import MahlerError
 from mahler_dist.generate.metrics import PROPERTIES, ReconStats
 from mahler_dist.generate.output import parse_metre
 from mahler_dist.generate.runs import resolve_checkpoint, run_dir
-from mahler_dist.generate.sampler import (DecodedBars, Temperatures, carry_from_rows, decode_bars,
+from mahler_dist.generate.sampler import (DecodedBars, Decoding, Temperatures, carry_from_rows, decode_bars,
                                           normal, sample_key, teacher_forced_rows)
 from mahler_dist.model.checkpoint import load_checkpoint
 from mahler_dist.model.cvae import MahlerNet
@@ -42,6 +49,9 @@ from mahler_dist.music.timing import Metre
 
 Context = Union[str, np.ndarray]          # "start" | "zeros" | int rows [T, 5]
 _Z_COUNTER = 7                            # random-stream property slot for z draws
+# The per-sample decoding limits of the decode call in progress (`Generator._limited`): they reach
+# `decode` beside its arguments, so the call keeps its signature for code that wraps it.
+_LIMITS: ContextVar[Mapping[str, torch.Tensor] | None] = ContextVar("decoding_limits", default=None)
 
 
 @dataclass
@@ -56,6 +66,7 @@ class SampleRequest:
     context: Context = "start"                   # the first bar's context
     z: np.ndarray | None = None                  # the first bar's z (None: from the prior)
     context_metre: Metre | str | int | None = None   # the context bar's metre (None: `metre`)
+    decoding: Decoding | None = None             # top-k/top-p/polyphony (None: the generator's)
 
 
 @dataclass
@@ -81,13 +92,15 @@ def _pad(arrays: Sequence[np.ndarray], fill: int, width: int, dtype) -> torch.Te
 
 class Generator:
     def __init__(self, model: MahlerNet, config: Config, *, device: str | torch.device = "cpu",
-                 temperatures: Temperatures | None = None, max_rows: int | None = None):
+                 temperatures: Temperatures | None = None, max_rows: int | None = None,
+                 decoding: Decoding | None = None):
         if str(device) == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.config = config
         self.temperatures = temperatures or Temperatures.from_config(config.generate)
+        self.decoding = decoding or Decoding.from_config(config.generate)
         self.max_rows = int(max_rows or config.data.max_rows_per_bar)
 
     # ---------------------------------------------------------------------------------------
@@ -95,14 +108,16 @@ class Generator:
     def from_run(cls, root: str | Path, name: str, checkpoint: str = "best",
                  device: str | torch.device = "cpu") -> Generator:
         """Load ROOT/runs/NAME's checkpoint ("best", "latest" or a checkpoint folder name).
-        The architecture comes from the checkpoint's config; the default temperatures from the
-        run's config.yaml (edit them there, as the original's params.txt)."""
+        The architecture comes from the checkpoint's config; the default temperatures and
+        decoding limits from the run's config.yaml (edit them there, as the original's params.txt)."""
         run = run_dir(root, name)
         info = resolve_checkpoint(run, checkpoint)
         gen = cls.from_checkpoint(info.path, device=device)
         saved = run / "config.yaml"
         if saved.is_file():
-            gen.temperatures = Temperatures.from_config(load_config(saved).generate)
+            run_cfg = load_config(saved).generate
+            gen.temperatures = Temperatures.from_config(run_cfg)
+            gen.decoding = Decoding.from_config(run_cfg)
         gen.checkpoint_name = info.name
         return gen
 
@@ -134,6 +149,14 @@ class Generator:
     def _temps(self, temps: Sequence[Temperatures | None]) -> torch.Tensor:
         return torch.tensor([(t or self.temperatures).as_list() for t in temps], dtype=torch.float32,
                             device=self.device)
+
+    def _limits(self, decodings: Sequence[Decoding | None]) -> dict[str, torch.Tensor]:
+        """decode_bars' top_k [B], top_p [B] and max_polyphony [B] (None: the defaults)."""
+        ds = [d or self.decoding for d in decodings]
+        return {"top_k": torch.tensor([d.top_k for d in ds], dtype=torch.int64, device=self.device),
+                "top_p": torch.tensor([d.top_p for d in ds], dtype=torch.float32, device=self.device),
+                "max_polyphony": torch.tensor([d.max_polyphony for d in ds], dtype=torch.int64,
+                                              device=self.device)}
 
     def _keys(self, pairs: Sequence[tuple[int, int]]) -> torch.Tensor:
         return torch.tensor([sample_key(s, i) for s, i in pairs], dtype=torch.int64, device=self.device)
@@ -186,12 +209,25 @@ class Generator:
     @torch.no_grad()
     def decode(self, z: torch.Tensor | None, ctx: torch.Tensor | None, metres: Sequence[Metre],
                temperatures: torch.Tensor, keys: torch.Tensor, bar_index: int = 0,
-               carry: tuple[torch.Tensor, torch.Tensor] | None = None) -> DecodedBars:
-        """One bar per sample from (z, context summary): the batched core loop (sampler.py)."""
+               carry: tuple[torch.Tensor, torch.Tensor] | None = None, *,
+               limits: Mapping[str, torch.Tensor] | None = None) -> DecodedBars:
+        """One bar per sample from (z, context summary): the batched core loop (sampler.py).
+        `limits`: top_k/top_p/max_polyphony [B] (`_limits`); None: those of the sample_many /
+        reconstruct / interpolate call in progress, else the generator's decoding."""
         state = self.model.init_decoder(z, ctx, batch=len(keys))
         p_end, i_end = carry if carry is not None else (None, None)
+        limits = limits if limits is not None else _LIMITS.get()
+        limits = limits if limits is not None else self._limits([None] * len(keys))
         return decode_bars(self.model, state, metres, temperatures, keys, bar_index,
-                           pitch_end=p_end, instr_end=i_end, max_rows=self.max_rows)
+                           pitch_end=p_end, instr_end=i_end, max_rows=self.max_rows, **limits)
+
+    @contextmanager
+    def _limited(self, limits: Mapping[str, torch.Tensor]):
+        token = _LIMITS.set(limits)
+        try:
+            yield
+        finally:
+            _LIMITS.reset(token)
 
     def _carry(self, contexts: Sequence[Context], context_metres: Sequence[Metre]
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,6 +255,7 @@ class Generator:
         contexts: list[Context] = [r.context for r in requests]
         keys = self._keys([(r.seed, r.index) for r in requests])
         temps = self._temps([r.temperatures for r in requests])
+        limits = self._limits([r.decoding for r in requests])
         p_end, i_end = self._carry(contexts, [_context_metre(r.context_metre, m)
                                               for r, m in zip(requests, metres)])
         out: list[list[np.ndarray]] = [[] for _ in requests]
@@ -231,8 +268,9 @@ class Generator:
                 for j, k in enumerate(live):
                     if requests[k].z is not None:
                         z[j] = torch.as_tensor(np.asarray(requests[k].z), dtype=z.dtype, device=self.device)
-            decoded = self.decode(z, ctx, [metres[k] for k in live], temps[sel], keys[sel], bar,
-                                  (p_end[sel], i_end[sel]))
+            with self._limited({k: v[sel] for k, v in limits.items()}):
+                decoded = self.decode(z, ctx, [metres[k] for k in live], temps[sel], keys[sel], bar,
+                                      (p_end[sel], i_end[sel]))
             bar_ticks = torch.tensor([metres[k].bar_ticks for k in live], device=self.device).unsqueeze(1)
             p_end[sel] = decoded.pitch_end - bar_ticks
             i_end[sel] = decoded.instr_end - bar_ticks
@@ -244,28 +282,30 @@ class Generator:
     def sample(self, n_bars: int, n_samples: int = 1, seed: int = 0,
                temperatures: Temperatures | None = None, metre: Metre | str | int | None = None,
                context_rows: np.ndarray | None = None, z: np.ndarray | None = None,
-               context: str = "start", context_metre: Metre | str | int | None = None
-               ) -> list[list[np.ndarray]]:
+               context: str = "start", context_metre: Metre | str | int | None = None,
+               decoding: Decoding | None = None) -> list[list[np.ndarray]]:
         """`n_samples` chains of `n_bars` bars, decoded together. The first bar's context is
-        `context_rows` (in `context_metre`, default `metre`) if given, else `context` ("start" or
-        "zeros"); its z is `z` if given."""
+        `context_rows` (in `context_metre`, default `metre`) if given, else `context`: "start"
+        (default, the training-time context of a first bar) or "zeros" (only when asked); its z
+        is `z` if given. `decoding`: top-k/top-p/polyphony (None: the generator's)."""
         ctx: Context = context if context_rows is None else np.asarray(context_rows)
-        return self.sample_many([SampleRequest(n_bars, seed, k, temperatures, metre, ctx, z, context_metre)
-                                 for k in range(n_samples)])
+        return self.sample_many([SampleRequest(n_bars, seed, k, temperatures, metre, ctx, z, context_metre,
+                                               decoding) for k in range(n_samples)])
 
     # -- reconstruction -----------------------------------------------------------------------
     @torch.no_grad()
     def reconstruct(self, bars: Sequence[Any], seed: int | Sequence[int] = 0,
                     temperatures: Temperatures | Sequence[Temperatures | None] | None = None,
                     teacher_forcing: bool = False, context: str | None = None,
-                    metres: Sequence[Metre | str] | None = None, sample_index: int | Sequence[int] = 0
-                    ) -> Reconstruction:
+                    metres: Sequence[Metre | str] | None = None, sample_index: int | Sequence[int] = 0,
+                    decoding: Decoding | None = None) -> Reconstruction:
         """Reconstruct bars: objects or dicts with `inputs` (rows [T, 5]), `context` (rows, "start"
         or "zeros"), `active` (uint8 [T, 15], needed with teacher forcing), `metre` and
         `context_metre` (the context bar's metre; default: `metre`).
         `context` overrides every bar's context ("start" / "zeros": --no-ctx). z = posterior mean.
         `seed`, `sample_index` and `temperatures` are one for all bars or one per bar (so
-        independent requests batch together); bar i uses the stream sample_key(seed_i, index_i)."""
+        independent requests batch together); bar i uses the stream sample_key(seed_i, index_i).
+        `decoding` (free-running only; None: the generator's): top-k/top-p/polyphony."""
         if not bars:
             return Reconstruction([], ReconStats())
         n = len(bars)
@@ -300,7 +340,8 @@ class Generator:
                     stats.add_logp(k, sums[k][b])
         else:
             ctx_metres = [_context_metre(_field(b, "context_metre"), m) for b, m in zip(bars, metres)]
-            decoded = self.decode(z, ctx, metres, temps, keys, 0, self._carry(contexts, ctx_metres))
+            with self._limited(self._limits([decoding] * n)):
+                decoded = self.decode(z, ctx, metres, temps, keys, 0, self._carry(contexts, ctx_metres))
             rows = decoded.rows
             stats.capped += int(decoded.capped.sum())
         for pred, target, metre in zip(rows, inputs, metres):
@@ -311,8 +352,8 @@ class Generator:
     @torch.no_grad()
     def interpolate(self, a: Any, b: Any, steps: int, slerp: bool = False, context: Context | None = None,
                     seed: int = 0, temperatures: Temperatures | None = None,
-                    metre: Metre | str | None = None, context_metre: Metre | str | None = None
-                    ) -> list[np.ndarray]:
+                    metre: Metre | str | None = None, context_metre: Metre | str | None = None,
+                    decoding: Decoding | None = None) -> list[np.ndarray]:
         """S + 1 bars decoded from z_a to z_b inclusive (z = posterior means of bars a and b,
         each a bar as in `reconstruct`, encoded under its own context). Decoding context:
         `context` if given, else the context summaries of a and b interpolated linearly with z,
@@ -343,8 +384,9 @@ class Generator:
                           for x in (a, b))
             half_metres = [cm_a if t <= 0.5 else cm_b for t in ts]
         n = len(ts)
-        decoded = self.decode(z, ctx, [metre] * n, self._temps([temperatures] * n),
-                              self._keys([(seed, 0)] * n), 0, self._carry(half, half_metres))
+        with self._limited(self._limits([decoding] * n)):
+            decoded = self.decode(z, ctx, [metre] * n, self._temps([temperatures] * n),
+                                  self._keys([(seed, 0)] * n), 0, self._carry(half, half_metres))
         return decoded.rows
 
     @torch.no_grad()
@@ -352,8 +394,8 @@ class Generator:
                               n_bars: int = 1, n_samples: int = 1, seed: int = 0,
                               temperatures: Temperatures | None = None,
                               metre: Metre | str | None = None,
-                              context_metres: Sequence[Metre | str | None] | None = None
-                              ) -> list[list[list[np.ndarray]]]:
+                              context_metres: Sequence[Metre | str | None] | None = None,
+                              decoding: Decoding | None = None) -> list[list[list[np.ndarray]]]:
         """n_pred: for each of `n_samples` tries, one z (given, or one prior draw per try)
         decoded under every context; returns [try][context][bar] rows. With a learned prior the
         shared draw is the same noise eps under each context's p(z | c). `context_metres`: each
@@ -372,7 +414,7 @@ class Generator:
                     key = self._keys([(seed, k)] * len(contexts))
                     zs = list(self.prior_z(summaries, key, 0).cpu().numpy())
             for c, zc, cm in zip(contexts, zs, context_metres or [None] * len(contexts)):
-                requests.append(SampleRequest(n_bars, seed, k, temperatures, metre, c, zc, cm))
+                requests.append(SampleRequest(n_bars, seed, k, temperatures, metre, c, zc, cm, decoding))
         flat = self.sample_many(requests)
         m = len(contexts)
         return [flat[k * m:(k + 1) * m] for k in range(n_samples)]

@@ -44,13 +44,15 @@ class GenerateOptions:
     samples: int = 1
     length: int = 1
     meter: str | None = None
-    use_start_ctx: bool = False
+    use_start_ctx: bool = False      # the default since issue 11; kept so old calls still work
+    zero_ctx: bool = False           # default context = an all-zero summary (the original's)
     no_ctx: bool = False
     steps: int = 10
     teacher_forcing: bool = False
     slerp: bool = False
     seed: int | None = None
     temperatures: dict[str, float | None] = field(default_factory=dict)
+    decoding: dict[str, float | int | None] = field(default_factory=dict)   # top_p, top_k, max_polyphony
     split: str | None = None
     batch_size: int = 64
     device: str = "cpu"
@@ -83,7 +85,9 @@ class Session:
 
     @property
     def default_context(self) -> str:
-        return "start" if self.opts.use_start_ctx else "zeros"
+        """The context where a unit gives none: START, the context of every training piece's
+        first bar; the all-zero summary (never seen in training) only with zero_ctx."""
+        return "zeros" if self.opts.zero_ctx else "start"
 
     def write(self, stem: str, bars: list[np.ndarray], metres: list, title: str) -> Path:
         path = write_output(self.out_dir, stem, bars, metres, self.programs, title, plot=self.opts.plot)
@@ -107,15 +111,23 @@ def run_generate(root: str | Path, name: str, opts: GenerateOptions,
         if opts.max_rows < 1:
             raise MahlerError(f"--max-rows must be >= 1, got {opts.max_rows}")
         gen.max_rows = opts.max_rows
+    if opts.zero_ctx and opts.use_start_ctx:
+        raise MahlerError("--zero-ctx and --use-start-ctx contradict each other (START is the default)")
     try:
         temps = gen.temperatures.replace(**opts.temperatures)
     except ValueError as e:
         raise MahlerError(f"bad temperature: {e}") from None
+    try:
+        gen.decoding = gen.decoding.replace(**opts.decoding)
+    except ValueError as e:
+        raise MahlerError(f"bad decoding limit: {e}") from None
     seed = opts.seed if opts.seed is not None else random.randrange(2**31)
     session = Session(root, root / "runs" / name / "generated", gen, opts, temps, seed,
                       corpus_programs(root), say)
     say(f"run {name}, checkpoint {gen.checkpoint_name}, seed {seed} (--seed {seed} repeats this call); "
-        f"temperatures o {temps.offset} d {temps.duration} p {temps.pitch} i {temps.instrument}")
+        f"temperatures o {temps.offset} d {temps.duration} p {temps.pitch} i {temps.instrument}; "
+        f"top-p {gen.decoding.top_p}, top-k {gen.decoding.top_k or 'off'}, "
+        f"max polyphony {gen.decoding.max_polyphony or 'off'}; default context {session.default_context}")
     for mode in opts.types:
         RUNNERS[mode](session)
     return session
@@ -317,7 +329,8 @@ def _n_recon(s: Session) -> None:
         flush()
     report = stats.summary(s.opts.teacher_forcing)
     report.update(scope=scope, pieces=len(pieces), no_ctx=s.opts.no_ctx, checkpoint=s.gen.checkpoint_name,
-                  seed=s.seed, temperatures=s.temps.__dict__)
+                  seed=s.seed, temperatures=s.temps.__dict__, decoding=s.gen.decoding.__dict__,
+                  default_context=s.default_context)
     s.out_dir.mkdir(parents=True, exist_ok=True)
     tags = ("_tf" if s.opts.teacher_forcing else "") + ("_noctx" if s.opts.no_ctx else "")
     path = unique_path(s.out_dir, f"n_recon_{scope}{tags}_{timestamp()}", ".json")

@@ -33,6 +33,21 @@ sample's random numbers depend on its own seed only - not on the batch it is dec
 the device - and seeded calls are reproducible (up to float rounding of the logits, which can
 differ between devices or batch shapes and, rarely, move a draw across a class boundary).
 Temperature 0 means argmax.
+
+Truncation and bounds (issue 11, `Decoding`). Argmax and low-temperature decoding of a model
+that finds "same onset" (offset class 0) the likeliest offset after every note never ends a bar:
+43% of bars ran to the row cap. Three guards, all vectorised over the batch and all off in a
+bare `decode_bars` call (the Generator passes the run's `generate` config):
+- top-k / top-p (nucleus) per property: only the k likeliest classes, and only the smallest set
+  of classes holding p of the model's probability (at temperature 1), can be drawn; temperature
+  then reshapes the draw inside that set. For offsets END counts as one event (its summed mass),
+  as under argmax. The set always holds the argmax, so top-k 1 or a tiny top-p is argmax, and the
+  draws still come from the same counter-based uniforms (deterministic per seed).
+- max_polyphony: once an onset has that many notes, offset class 0 is masked for the next row.
+- no unison doubling: a (pitch, instrument) already started at this onset is never repeated:
+  the pitch is drawn again with the pitches that instrument already has at the onset masked
+  (the instrument is drawn after the pitch, so this is the mask applied once the instrument is
+  known). The data has no such pairs (quantize merges them), so a model asking for one loops.
 """
 
 from __future__ import annotations
@@ -88,6 +103,51 @@ class Temperatures:
 
     def as_list(self) -> list[float]:
         return [self.offset, self.duration, self.pitch, self.instrument]
+
+
+DEFAULT_MAX_POLYPHONY = 12     # config.GenerateConfig.max_polyphony
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """Truncation and bounds of decoding (config `generate.top_p/top_k/max_polyphony`).
+
+    top_p: nucleus mass in (0, 1], 1 = off; top_k: classes kept, 0 = off (both for every
+    property); max_polyphony: notes at one onset, then offset class 0 is masked (and no
+    (pitch, instrument) repeats at an onset); 0 = neither.
+
+    Default 12, from the corpora's notes per onset and the row cap. piano-midi.de (60 pieces,
+    62,870 onsets): at most 12, 99.99% <= 10, so nothing is cut. A model looping on "same onset"
+    fills every onset to the bound: 16 sixteenth-note onsets x 12 = 192 rows stay under the
+    256-row cap, where 16 x 16 reaches it. Orchestral corpora have bigger chords (onsets above
+    12 notes: orchestral_symphonic 6.1%, classical_multitrack 3.2%; above 24: 0.4%, 0.1%): raise
+    `generate.max_polyphony` in such a run's config.yaml (24 keeps 99.6% of their onsets)."""
+
+    top_p: float = 1.0
+    top_k: int = 0
+    max_polyphony: int = DEFAULT_MAX_POLYPHONY
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.top_p, (int, float)) and 0.0 < self.top_p <= 1.0):
+            raise ValueError(f"top_p must be in (0, 1] (1 = off), got {self.top_p!r}")
+        for name in ("top_k", "max_polyphony"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+                raise ValueError(f"{name} must be an integer >= 0 (0 = off), got {v!r}")
+
+    @classmethod
+    def from_config(cls, gen_cfg) -> Decoding:
+        return cls(gen_cfg.top_p, gen_cfg.top_k, gen_cfg.max_polyphony)
+
+    @classmethod
+    def off(cls) -> Decoding:
+        """No truncation, no bounds (the decoding before issue 11)."""
+        return cls(1.0, 0, 0)
+
+    def replace(self, **changes: float | int | None) -> Decoding:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update({k: v for k, v in changes.items() if v is not None})
+        return Decoding(**values)
 
 
 # --------------------------------------------------------------------------------------------
@@ -155,11 +215,38 @@ def normal(keys: torch.Tensor, dim: int, *counters: int) -> torch.Tensor:
     return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * torch.pi * u2)
 
 
-def sample_classes(logits: torch.Tensor, temperature: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+def nucleus_mask(scores: torch.Tensor, probs: torch.Tensor, top_k: torch.Tensor | None,
+                 top_p: torch.Tensor | None) -> torch.Tensor:
+    """bool [B, C]: the classes top-k (long [B], 0 = all) and top-p (float [B], 1 = all) keep.
+    Classes rank by `scores` [B, C] (descending; ties: the lower index first, as argmax); `probs`
+    [B, C] are their probabilities (mass fractions of each row's total). A class is kept if its
+    rank is < k and the mass ranked before it is < p; the first class always is."""
+    B, C = scores.shape
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    p_sorted = probs.gather(-1, order)
+    rank = torch.arange(C, device=scores.device).unsqueeze(0)
+    keep = torch.ones(B, C, dtype=torch.bool, device=scores.device)
+    if top_p is not None:
+        top_p = top_p.to(probs.dtype).unsqueeze(-1)
+        before = p_sorted.cumsum(-1) - p_sorted
+        keep &= (before < top_p * p_sorted.sum(-1, keepdim=True)) | (top_p >= 1.0) | (rank == 0)
+    if top_k is not None:
+        top_k = top_k.unsqueeze(-1)
+        keep &= (top_k <= 0) | (rank < top_k)
+    return torch.zeros_like(keep).scatter(-1, order, keep)
+
+
+def sample_classes(logits: torch.Tensor, temperature: torch.Tensor, u: torch.Tensor,
+                   top_k: torch.Tensor | None = None, top_p: torch.Tensor | None = None) -> torch.Tensor:
     """Inverse-CDF sampling of softmax(logits / T) with the given uniforms; T == 0: argmax.
-    logits [B, C] (masked classes at MASK_VALUE), temperature [B], u [B] -> long [B]."""
+    logits [B, C] (masked classes at MASK_VALUE), temperature [B], u [B] -> long [B].
+    top_k (long [B], 0 = off) / top_p (float [B], 1 = off): only the classes `nucleus_mask`
+    keeps on the model's distribution (T = 1) can be drawn; None: no truncation."""
     greedy = logits.argmax(-1)
     t = temperature.clamp(min=1e-6).unsqueeze(-1)
+    if top_k is not None or top_p is not None:
+        keep = nucleus_mask(logits, torch.softmax(logits, dim=-1), top_k, top_p)
+        logits = logits.masked_fill(~keep, MASK_VALUE)
     probs = torch.softmax(logits / t, dim=-1)
     cdf = probs.cumsum(-1)
     target = (u * cdf[:, -1]).unsqueeze(-1)
@@ -169,13 +256,21 @@ def sample_classes(logits: torch.Tensor, temperature: torch.Tensor, u: torch.Ten
 
 
 def sample_offsets(logits: torch.Tensor, temperature: torch.Tensor, u: torch.Tensor,
-                   ends: torch.Tensor) -> torch.Tensor:
+                   ends: torch.Tensor, top_k: torch.Tensor | None = None,
+                   top_p: torch.Tensor | None = None) -> torch.Tensor:
     """Offsets with END as one event: the classes in `ends` [B, 60] (those reaching the bar end)
     together. Sampling (T > 0) draws END with their summed mass; argmax (T == 0) picks END when
-    that summed mass beats the best single non-END class (then its most likely END class)."""
-    drawn = sample_classes(logits, temperature, u)
+    that summed mass beats the best single non-END class (then its most likely END class).
+    top-k / top-p rank END as that one event too: kept, all its classes can be drawn."""
     probs = torch.softmax(logits, dim=-1)
     end_mass = (probs * ends).sum(-1)
+    if top_k is not None or top_p is not None:
+        events = torch.cat([probs.masked_fill(ends, 0.0), end_mass.unsqueeze(-1)], -1)   # [B, 61]
+        keep = nucleus_mask(events, events, top_k, top_p)
+        keep = torch.where(ends, keep[:, -1:], keep[:, :-1])
+        drawn = sample_classes(logits.masked_fill(~keep, MASK_VALUE), temperature, u)
+    else:
+        drawn = sample_classes(logits, temperature, u)
     best_cont, cont = probs.masked_fill(ends, -1.0).max(-1)
     best_end = probs.masked_fill(~ends, -1.0).argmax(-1)
     greedy = torch.where(end_mass > best_cont, best_end, cont)
@@ -264,19 +359,30 @@ class DecodedBars:
 def decode_bars(model, state, metres: Sequence[Metre], temperatures: torch.Tensor,
                 keys: torch.Tensor, bar_index: torch.Tensor | int = 0, *,
                 pitch_end: torch.Tensor | None = None, instr_end: torch.Tensor | None = None,
-                max_rows: int = 256, sync_every: int = 8) -> DecodedBars:
+                max_rows: int = 256, sync_every: int = 8, top_k: torch.Tensor | int | None = None,
+                top_p: torch.Tensor | float | None = None,
+                max_polyphony: torch.Tensor | int | None = None) -> DecodedBars:
     """Decode one bar for each of B samples from an initial decoder state (model.init_decoder).
 
     metres: B metres; temperatures float [B, 4] (o, d, p, i; 0 = argmax); keys long [B]
     (sample_key); bar_index: the bar's number in its chain (a random-stream counter);
     pitch_end/instr_end long [B, 96]/[B, 23]: ends (model ticks from this bar's start) of notes
     sounding into the bar, for the active sets (None: nothing sounding).
+    top_k long [B, 4] / [B] / int (0 = off), top_p float [B, 4] / [B] / float (1 = off), per
+    property (o, d, p, i); max_polyphony long [B] / int: notes at one onset before offset class 0
+    is masked, with no (pitch, instrument) pair twice at one onset (module docstring); 0: neither.
+    None: all off.
 
     On CPU, oneDNN (mkldnn) is off during the loop: its LSTM costs 2-4x more than the native
     kernel for a single time step (measured: torch 2.13, x86, batch 1 and 64). The switch is
     process-global, so concurrent CPU decoding threads share it (harmless).
     """
-    args = (model, state, metres, temperatures, keys, bar_index, pitch_end, instr_end, max_rows, sync_every)
+    B, device = keys.shape[0], keys.device
+    limits = _Limits(_per_property(top_k, B, torch.int64, device, off=0),
+                     _per_property(top_p, B, torch.float32, device, off=1.0),
+                     _per_sample(max_polyphony, B, device))
+    args = (model, state, metres, temperatures, keys, bar_index, pitch_end, instr_end, max_rows,
+            sync_every, limits)
     if keys.device.type != "cpu":
         return _decode_bars(*args)
     before = torch.backends.mkldnn.enabled
@@ -287,10 +393,48 @@ def decode_bars(model, state, metres: Sequence[Metre], temperatures: torch.Tenso
         torch.backends.mkldnn.enabled = before
 
 
+@dataclass
+class _Limits:
+    top_k: torch.Tensor | None          # long [B, 4], None: no top-k anywhere
+    top_p: torch.Tensor | None          # float [B, 4], None: no top-p anywhere
+    max_polyphony: torch.Tensor | None  # long [B], None: no bound
+
+    def k(self, prop: int) -> torch.Tensor | None:
+        return None if self.top_k is None else self.top_k[:, prop]
+
+    def p(self, prop: int) -> torch.Tensor | None:
+        return None if self.top_p is None else self.top_p[:, prop]
+
+
+def _per_property(value, B: int, dtype, device, off) -> torch.Tensor | None:
+    """A scalar, [B] or [B, 4] setting as [B, 4]; None when absent or off for every sample
+    (then the sampler skips the work and draws exactly as without it)."""
+    if value is None:
+        return None
+    t = torch.as_tensor(value, dtype=dtype, device=device)
+    t = (t.reshape(1, 1) if t.dim() == 0 else t.reshape(B, -1)).expand(B, 4)
+    return None if bool((t == off).all()) else t
+
+
+def _per_sample(max_polyphony, B: int, device) -> torch.Tensor | None:
+    if max_polyphony is None:
+        return None
+    t = torch.as_tensor(max_polyphony, dtype=torch.int64, device=device).expand(B)
+    return None if bool((t <= 0).all()) else t
+
+
+def _mask_unless_all(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """logits with `mask` [B, C] classes masked, except in rows where nothing would be left."""
+    masked = logits.masked_fill(mask, MASK_VALUE)
+    some_left = (masked > MASK_VALUE / 2).any(-1, keepdim=True)
+    return torch.where(some_left, masked, logits)
+
+
 @torch.no_grad()
 def _decode_bars(model, state, metres: Sequence[Metre], temperatures: torch.Tensor, keys: torch.Tensor,
                  bar_index: torch.Tensor | int, pitch_end: torch.Tensor | None,
-                 instr_end: torch.Tensor | None, max_rows: int, sync_every: int) -> DecodedBars:
+                 instr_end: torch.Tensor | None, max_rows: int, sync_every: int,
+                 limits: _Limits) -> DecodedBars:
     device = keys.device
     B = keys.shape[0]
     tables = metre_tables(metres, device)
@@ -310,6 +454,13 @@ def _decode_bars(model, state, metres: Sequence[Metre], temperatures: torch.Tens
     rows_out, valid_out = [], []
     arange_b = torch.arange(B, device=device)
     none = torch.full((B,), V.NONE, dtype=torch.int64, device=device)
+    bounded = limits.max_polyphony is not None
+    on_cpu = device.type == "cpu"
+    if bounded:
+        guard = (limits.max_polyphony > 0).unsqueeze(1)                     # [B, 1]
+        at_onset = torch.zeros(B, dtype=torch.int64, device=device)          # notes at `time`
+        # (pitch, instrument) pairs started at `time`
+        pairs = torch.zeros(B, V.NUM_PITCHES, V.NUM_INSTRUMENTS, dtype=torch.bool, device=device)
 
     bar_stream = substream(keys, bar_index)
     props = torch.tensor([_mix32_int(k + 0x632BE5AB) for k in range(4)], device=device)
@@ -318,19 +469,39 @@ def _decode_bars(model, state, metres: Sequence[Metre], temperatures: torch.Tens
         # = uniform(keys, bar_index, step, prop) for the four properties, in one go
         u = to_unit(mix32(substream(bar_stream, step).unsqueeze(1) ^ props))  # [B, 4]
         logits = heads.offset_logits(h).masked_fill(~tables.offset_ok, MASK_VALUE)
+        if bounded:   # the onset holds max_polyphony notes: no further "same onset" (class 0)
+            full = guard[:, 0] & (at_onset >= limits.max_polyphony)
+            logits[:, 0] = torch.where(full, torch.full_like(logits[:, 0], MASK_VALUE), logits[:, 0])
         ends = (time.unsqueeze(1) + ticks) >= tables.bar_ticks.unsqueeze(1)     # [B, 60]
-        offset = sample_offsets(logits, temperatures[:, 0], u[:, 0], ends)
+        offset = sample_offsets(logits, temperatures[:, 0], u[:, 0], ends, limits.k(0), limits.p(0))
         new_time = time + ticks[offset]
+        if bounded:   # a new onset starts empty (class 0 is the only zero-tick class)
+            same = (offset == 0).long()
+            at_onset = at_onset * same
+            pairs = pairs & same.bool().view(B, 1, 1)
         # END: the offset reaches the bar end (or the row cap is hit); the event is discarded.
         done = done | (new_time >= tables.bar_ticks) | (count >= max_rows)
         beat = beat_of(new_time)
         logits = heads.duration_logits(h, offset, beat).masked_fill(~tables.duration_ok, MASK_VALUE)
-        duration = sample_classes(logits, temperatures[:, 1], u[:, 1])
+        duration = sample_classes(logits, temperatures[:, 1], u[:, 1], limits.k(1), limits.p(1))
         note = duration > 0
-        logits = heads.pitch_logits(h, offset, beat, duration, prev[:, V.PITCH])
-        pitch = torch.where(note, sample_classes(logits, temperatures[:, 2], u[:, 2]), none)
+        pitch_logits = heads.pitch_logits(h, offset, beat, duration, prev[:, V.PITCH])
+        pitch = torch.where(note, sample_classes(pitch_logits, temperatures[:, 2], u[:, 2], limits.k(2),
+                                                 limits.p(2)), none)
         logits = heads.instrument_logits(h, offset, beat, duration, pitch)
-        instrument = torch.where(note, sample_classes(logits, temperatures[:, 3], u[:, 3]), none)
+        instrument = torch.where(note, sample_classes(logits, temperatures[:, 3], u[:, 3], limits.k(3),
+                                                      limits.p(3)), none)
+        if bounded:
+            # No unison doubling: a (pitch, instrument) already started at this onset is drawn
+            # again as a pitch with the pitches that instrument has here masked (same uniform);
+            # the instrument stays. (The pitch comes before the instrument, so the pitch is masked
+            # given the instrument after the fact.)
+            repeat = note & guard[:, 0] & pairs[arange_b, pitch.clamp(min=0), instrument.clamp(min=0)]
+            if not on_cpu or bool(repeat.any()):     # (a free check on CPU; no sync on a GPU)
+                taken = pairs[arange_b, :, instrument.clamp(min=0)] & repeat.unsqueeze(1)   # [B, 96]
+                redrawn = sample_classes(_mask_unless_all(pitch_logits, taken), temperatures[:, 2],
+                                         u[:, 2], limits.k(2), limits.p(2))
+                pitch = torch.where(repeat, redrawn, pitch)
 
         # The row's active sets: notes sounding at its onset before it (ending after time').
         active = pack_active(pitch_end > new_time.unsqueeze(1), instr_end > new_time.unsqueeze(1))
@@ -343,6 +514,9 @@ def _decode_bars(model, state, metres: Sequence[Metre], temperatures: torch.Tens
                                                  pitch_end[arange_b, p_idx])
         instr_end[arange_b, i_idx] = torch.where(add, torch.maximum(instr_end[arange_b, i_idx], end),
                                                  instr_end[arange_b, i_idx])
+        if bounded:
+            at_onset = at_onset + add.long()
+            pairs[arange_b, p_idx, i_idx] = pairs[arange_b, p_idx, i_idx] | add
         time = torch.where(keep, new_time, time)
         count = count + keep.long()
         prev = torch.where(keep.unsqueeze(1), row, prev)
