@@ -65,6 +65,15 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from mahler_dist.evaluate.run import evaluate
+
+    print(evaluate(args.name, args.root, args.split, args.model, args.pieces, generated=args.generated,
+                   bars=args.bars, max_bars=args.max_bars, seed=args.seed, address=args.address,
+                   log_wandb=not args.no_wandb))
+    return 0
+
+
 def _cmd_plot(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -179,6 +188,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--no-plot", action="store_true", help="do not write piano-roll PNGs")
     p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("evaluate", help="how good a run's model is: reconstruction, baselines, generated vs real "
+                       "statistics -> JSON report + PNG (Ray)")
+    p.add_argument("name", help="the run name (ROOT/runs/NAME)")
+    p.add_argument("--root", required=True, help="the project folder of the run")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"), help="the split to evaluate")
+    p.add_argument("--model", default="best", help="best | latest | a checkpoint folder name of the run")
+    p.add_argument("--pieces", default=None, metavar="OTHER_ROOT",
+                   help="evaluate on this preprocessed ROOT's split instead (e.g. a held-out corpus)")
+    p.add_argument("--generated", type=int, default=16, help="pieces generated for the statistics (0: none)")
+    p.add_argument("--bars", type=int, default=16, help="bars per generated piece")
+    p.add_argument("--max-bars", type=int, default=20_000, help="evaluate at most about this many bars (whole shards)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-wandb", action="store_true", help="do not log the report to the run's W&B run")
+    p.add_argument("--address", default=None,
+                   help="a Ray cluster HOST:PORT to run on (default: $RAY_ADDRESS, else a new local Ray)")
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("plot", help="training curves of runs: l (loss), p (accuracy), d (distance), ls (step loss)")
     p.add_argument("mode", choices=["l", "p", "d", "ls"])

@@ -91,6 +91,38 @@ def validate(model, loader: BarLoader | None, config: Config, step: int, device,
     return {f"val_{k}": v for k, v in window.reduce().items() if not k.endswith("_per_s")}
 
 
+def free_running_eval(model: torch.nn.Module, config: Config, samples: list[dict], device) -> dict[str, float]:
+    """Rank 0: reconstruct a few validation bars free-running (z = posterior mean, the run's
+    sampling settings, seeded), so the curves show whether the model can write a bar, not only
+    predict the next event of a given one."""
+    from mahler_dist.evaluate.recon import evaluate_bars
+    from mahler_dist.generate.generator import Generator
+
+    was_training = model.training
+    try:
+        part = evaluate_bars(Generator(model, config, device=device), samples, seed=0, free_running=True)
+    finally:
+        model.train(was_training)
+    free = part.summary()["free_running"]
+    acc = free["accuracy_step_aligned"]
+    return {"val_free_note_f1": free["note_f1_micro"], "val_free_onset_f1": free["onset_f1_micro"],
+            "val_free_acc_o": acc["offset"], "val_free_acc_p": acc["pitch"],
+            "val_free_capped": free["bars_hit_row_cap"] / max(free["bars"], 1),
+            "val_active_units": float(part.active_units())}
+
+
+def _first_samples(urls: list[str], n: int) -> list[dict]:
+    from mahler_dist.data.loader import read_samples
+
+    out: list[dict] = []
+    for url in urls:
+        for s in read_samples(url):
+            if len(out) >= n:
+                return out
+            out.append(s)
+    return out
+
+
 def epoch_piano_roll(model: torch.nn.Module, config: Config, epoch: int, out_dir: str, device) -> str:
     """Rank 0, end of an epoch: 4 bars sampled from the START context as a piano-roll PNG, so the
     W&B run (and the run folder) shows what the model writes as it learns."""
@@ -201,6 +233,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         score = val_metrics.get("val_loss", train_metrics.get("loss", math.nan))
         best_val = min(best_val, score)
         stop = _stop_requested(loop_config.get("stop_actor"), device)
+        free_eval = {}
+        every = tc.free_eval_every_epochs
+        if rank == 0 and every and loop_config.get("val_urls") and ((epoch + 1) % every == 0 or epoch + 1 == tc.epochs):
+            try:
+                free_eval = free_running_eval(raw_model, config, _first_samples(loop_config["val_urls"],
+                                                                                  tc.free_eval_bars), device)
+            except Exception as e:  # noqa: BLE001 - a measurement must never end a training run
+                print(f"warning: no free-running evaluation for epoch {epoch + 1}: {e!r}")
         roll = None
         if rank == 0 and loop_config.get("piano_roll_dir"):
             try:
@@ -210,7 +250,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         row = {"kind": "epoch", "step": step, "epoch": epoch + 1, "val_score": score,
                "score_on": "val" if val_metrics else "train",
                "final": stop or epoch + 1 == tc.epochs, "stopped": stop, "piano_roll": roll,
-               **{f"train_{k}": v for k, v in train_metrics.items()}, **val_metrics}
+               **{f"train_{k}": v for k, v in train_metrics.items()}, **val_metrics, **free_eval}
         for observer in observers:
             if hasattr(observer, "after_epoch"):
                 observer.after_epoch(rank=rank, epoch=epoch, batches=len(train_loader))
@@ -223,7 +263,8 @@ def _loaders(loop_config: dict, config: Config, rank: int, world: int) -> tuple[
     tc = config.train
     plan = dict(world_size=world, batch_size=max(1, tc.batch_size // world), max_batch_rows=tc.max_batch_rows,
                 max_rows_per_bar=config.data.max_rows_per_bar, shuffle_window=tc.shuffle_window, seed=tc.seed)
-    train_loader = BarLoader(loop_config["train_urls"], rank=rank, options=PlanOptions(**plan))
+    train_loader = BarLoader(loop_config["train_urls"], rank=rank, options=PlanOptions(**plan),
+                             transpose=tc.transpose_semitones)
     val_loader = (BarLoader(loop_config["val_urls"], rank=rank, options=PlanOptions(**plan, shuffle=False))
                   if loop_config.get("val_urls") else None)
     return train_loader, val_loader

@@ -65,6 +65,9 @@ def test_two_workers_two_epochs_each_bar_once(data_root, tmp_path):
     epochs = _epochs(run_dir)
     assert [e["epoch"] for e in epochs] == [1, 2]
     assert all("val_loss" in e and "val_acc_p" in e and e["score_on"] == "val" for e in epochs)
+    # every free_eval_every_epochs (2) epochs, a free-running reconstruction of validation bars
+    assert "val_free_note_f1" not in epochs[0] and 0 <= epochs[1]["val_free_note_f1"] <= 1
+    assert 0 <= epochs[1]["val_free_acc_p"] <= 1 and epochs[1]["val_active_units"] >= 0
     steps = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "step"]
     assert steps and steps[-1]["loss"] < steps[0]["loss"]          # training loss falls
     assert epochs[1]["train_loss"] < epochs[0]["train_loss"]
