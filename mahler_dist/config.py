@@ -84,6 +84,11 @@ class ModelConfig:
     """After offset class 0 the duration cannot be class 0 (a pause must advance time)."""
     pitch_same_step_reduction: bool = False
     """After offset class 0, pitches below the previous row's pitch are masked (chords ascend)."""
+    relative_pitch: bool = False
+    """Add to each pitch's logit a logit of its interval from the previous row's pitch (one
+    learned score per interval, -95..+95, from the same inputs), so what the model learns about
+    steps and leaps holds in every key and register at once; absolute logits alone must learn each
+    of the 96 x 96 pitch pairs separately. Off in the original."""
     learned_prior: bool = False
     """Learn p(z | context) instead of N(0, I): a true conditional VAE (the original was not)."""
     logits_batch_norm: bool = False
@@ -150,8 +155,17 @@ class TrainConfig:
     chosen as the best."""
     log_every_steps: int = 20
     """Steps between metric reports."""
+    free_eval_every_epochs: int = 2
+    """Every this many epochs (and at the last), rank 0 reconstructs `free_eval_bars` validation
+    bars free-running (the model decodes from its own rows) and logs note/onset F1 and step-aligned
+    accuracy as val_free_* (`mahler evaluate` measures the whole split); 0: never."""
+    free_eval_bars: int = 64
+    """Validation bars of that evaluation (the first ones of the split, the same every time)."""
     shuffle_window: int = 4096
     """Samples sorted by length together when bucketing batches."""
+    transpose_semitones: int = 0
+    """Pitch augmentation: each training bar and its context move by a random interval in
+    [-n, +n] semitones (kept inside the vocabulary; drawn per seed, epoch and bar); 0 = off."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -289,7 +303,10 @@ def _semantic_errors(c: Config) -> list[str]:
                     "train.grad_clip_value": t.grad_clip_value,
                     "train.grad_clip_norm": t.grad_clip_norm, "train.warmup_steps": t.warmup_steps,
                     "train.keep_checkpoints": t.keep_checkpoints,
-                    "train.checkpoint_every_steps": t.checkpoint_every_steps}
+                    "train.checkpoint_every_steps": t.checkpoint_every_steps,
+                    "train.free_eval_every_epochs": t.free_eval_every_epochs,
+                    "train.free_eval_bars": t.free_eval_bars,
+                    "train.transpose_semitones": t.transpose_semitones}
     errors += [f"{k}: must be >= 0, got {v}" for k, v in non_negative.items() if v < 0]
     if t.max_batch_rows < 2 * c.data.max_rows_per_bar:
         errors.append(f"train.max_batch_rows: must be >= 2 x data.max_rows_per_bar = {2 * c.data.max_rows_per_bar} "

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mahler_dist.data.augment import transpose_sample
 from mahler_dist.model.batch import collate_bars
 
 
@@ -251,12 +252,13 @@ class BarLoader:
     """
 
     def __init__(self, urls: Sequence[str], *, rank: int = 0, options: PlanOptions = PlanOptions(),
-                 shard_lengths: Sequence[np.ndarray] | None = None):
+                 shard_lengths: Sequence[np.ndarray] | None = None, transpose: int = 0):
         if not 0 <= rank < options.world_size:
             raise ValueError(f"rank {rank} outside world size {options.world_size}")
         self.urls = list(urls)
         self.rank = rank
         self.options = options
+        self.transpose = transpose   # +-semitones of pitch augmentation (data/augment.py); 0 = off
         self.shard_lengths = list(shard_lengths) if shard_lengths is not None else scan_lengths(self.urls)
         self._first_id = np.concatenate([[0], np.cumsum([len(l) for l in self.shard_lengths])])
         self._refuse_oversized()
@@ -329,6 +331,9 @@ class BarLoader:
             samples = self._load({int(i) for b in todo for i in b})
             for batch_ids in todo:
                 chosen = [samples[int(i)] for i in batch_ids]
+                if self.transpose:   # drawn per (seed, epoch, sample): a resumed epoch repeats it
+                    chosen = [transpose_sample(s, self.transpose, np.random.default_rng(
+                        [self.options.seed, self.epoch, int(i)])) for s, i in zip(chosen, batch_ids)]
                 batch = collate_bars(chosen)
                 batch["keys"] = [s["key"] for s in chosen]
                 self.batches_done += 1

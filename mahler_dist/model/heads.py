@@ -34,6 +34,8 @@ class Heads(nn.Module):
                   "pitch": hidden + t + b + t, "instrument": hidden + t + b + t + p}
         self.linear = nn.ModuleDict({k: normal_linear(inputs[k], CLASSES[k], cfg.init_std)
                                      for k in PROPERTIES})
+        # interval logits -95..+95 (index i = interval + 95), added to the absolute pitch logits
+        self.interval = normal_linear(inputs["pitch"], 2 * p - 1, cfg.init_std) if cfg.relative_pitch else None
         # compat (reference 9 item 5): BN on the logits makes them depend on batch statistics.
         self.norm = (nn.ModuleDict({k: tf_batch_norm(CLASSES[k]) for k in PROPERTIES})
                      if cfg.logits_batch_norm else None)
@@ -69,6 +71,14 @@ class Heads(nn.Module):
         """prev_pitch: the previous row's pitch (-1 if none); used by the same-step reduction."""
         x = torch.cat([h, *self._time(offset, beat), one_hot(duration, V.NUM_TIME_CLASSES)], -1)
         logits = self._logits("pitch", x)
+        if self.interval is not None:
+            # pitch k's interval from the previous pitch is k - prev: gather its logit; a row with
+            # no previous pitch (the bar's first row, after a pause) gets none
+            classes = torch.arange(V.NUM_PITCHES, device=h.device)
+            has_prev = prev_pitch >= 0
+            index = classes + (V.NUM_PITCHES - 1) - prev_pitch.clamp(min=0).unsqueeze(-1)   # [..., 96]
+            relative = torch.gather(self.interval(x).float(), -1, index)
+            logits = logits + relative * has_prev.unsqueeze(-1)
         if self.same_step_reduction:
             # Notes of one onset are stored by ascending pitch (reference 1.1).
             classes = torch.arange(V.NUM_PITCHES, device=h.device)
