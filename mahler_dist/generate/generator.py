@@ -26,8 +26,6 @@ bar (sampling, free-running reconstruction, interpolation), not to teacher-force
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence, Union
@@ -49,9 +47,6 @@ from mahler_dist.music.timing import Metre
 
 Context = Union[str, np.ndarray]          # "start" | "zeros" | int rows [T, 5]
 _Z_COUNTER = 7                            # random-stream property slot for z draws
-# The per-sample decoding limits of the decode call in progress (`Generator._limited`): they reach
-# `decode` beside its arguments, so the call keeps its signature for code that wraps it.
-_LIMITS: ContextVar[Mapping[str, torch.Tensor] | None] = ContextVar("decoding_limits", default=None)
 
 
 @dataclass
@@ -212,22 +207,12 @@ class Generator:
                carry: tuple[torch.Tensor, torch.Tensor] | None = None, *,
                limits: Mapping[str, torch.Tensor] | None = None) -> DecodedBars:
         """One bar per sample from (z, context summary): the batched core loop (sampler.py).
-        `limits`: top_k/top_p/max_polyphony [B] (`_limits`); None: those of the sample_many /
-        reconstruct / interpolate call in progress, else the generator's decoding."""
+        `limits`: top_k/top_p/max_polyphony [B] (`_limits`); None: the generator's decoding."""
         state = self.model.init_decoder(z, ctx, batch=len(keys))
         p_end, i_end = carry if carry is not None else (None, None)
-        limits = limits if limits is not None else _LIMITS.get()
         limits = limits if limits is not None else self._limits([None] * len(keys))
         return decode_bars(self.model, state, metres, temperatures, keys, bar_index,
                            pitch_end=p_end, instr_end=i_end, max_rows=self.max_rows, **limits)
-
-    @contextmanager
-    def _limited(self, limits: Mapping[str, torch.Tensor]):
-        token = _LIMITS.set(limits)
-        try:
-            yield
-        finally:
-            _LIMITS.reset(token)
 
     def _carry(self, contexts: Sequence[Context], context_metres: Sequence[Metre]
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -268,9 +253,8 @@ class Generator:
                 for j, k in enumerate(live):
                     if requests[k].z is not None:
                         z[j] = torch.as_tensor(np.asarray(requests[k].z), dtype=z.dtype, device=self.device)
-            with self._limited({k: v[sel] for k, v in limits.items()}):
-                decoded = self.decode(z, ctx, [metres[k] for k in live], temps[sel], keys[sel], bar,
-                                      (p_end[sel], i_end[sel]))
+            decoded = self.decode(z, ctx, [metres[k] for k in live], temps[sel], keys[sel], bar,
+                                  (p_end[sel], i_end[sel]), limits={k: v[sel] for k, v in limits.items()})
             bar_ticks = torch.tensor([metres[k].bar_ticks for k in live], device=self.device).unsqueeze(1)
             p_end[sel] = decoded.pitch_end - bar_ticks
             i_end[sel] = decoded.instr_end - bar_ticks
@@ -340,8 +324,8 @@ class Generator:
                     stats.add_logp(k, sums[k][b])
         else:
             ctx_metres = [_context_metre(_field(b, "context_metre"), m) for b, m in zip(bars, metres)]
-            with self._limited(self._limits([decoding] * n)):
-                decoded = self.decode(z, ctx, metres, temps, keys, 0, self._carry(contexts, ctx_metres))
+            decoded = self.decode(z, ctx, metres, temps, keys, 0, self._carry(contexts, ctx_metres),
+                                  limits=self._limits([decoding] * n))
             rows = decoded.rows
             stats.capped += int(decoded.capped.sum())
         for pred, target, metre in zip(rows, inputs, metres):
@@ -384,9 +368,9 @@ class Generator:
                           for x in (a, b))
             half_metres = [cm_a if t <= 0.5 else cm_b for t in ts]
         n = len(ts)
-        with self._limited(self._limits([decoding] * n)):
-            decoded = self.decode(z, ctx, [metre] * n, self._temps([temperatures] * n),
-                                  self._keys([(seed, 0)] * n), 0, self._carry(half, half_metres))
+        decoded = self.decode(z, ctx, [metre] * n, self._temps([temperatures] * n),
+                              self._keys([(seed, 0)] * n), 0, self._carry(half, half_metres),
+                              limits=self._limits([decoding] * n))
         return decoded.rows
 
     @torch.no_grad()

@@ -367,10 +367,10 @@ def _carried_active(gen):
     seen = []
     decode = gen.decode
 
-    def recording(z, ctx, metres, temperatures, keys, bar_index=0, carry=None):
+    def recording(z, ctx, metres, temperatures, keys, bar_index=0, carry=None, **options):
         p_end, i_end = carry
         seen.append(pack_active(p_end > 0, i_end > 0))
-        return decode(z, ctx, metres, temperatures, keys, bar_index, carry)
+        return decode(z, ctx, metres, temperatures, keys, bar_index, carry, **options)
 
     gen.decode = recording
     return seen
