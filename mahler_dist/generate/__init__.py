@@ -13,9 +13,9 @@ No Ray here: the same code runs from the CLI, on a GPU box and inside a Serve re
 
 from mahler_dist.generate.generator import Generator, Reconstruction, SampleRequest
 from mahler_dist.generate.output import parse_metre, rows_to_midi_bytes
-from mahler_dist.generate.sampler import Temperatures
+from mahler_dist.generate.sampler import Decoding, Temperatures
 from mahler_dist.generate.units import Unit, UnitError, parse_unit, parse_units
 from mahler_dist.music.rows import rows_to_piece   # the one decoder, re-exported
 
-__all__ = ["Generator", "Reconstruction", "SampleRequest", "Temperatures", "Unit", "UnitError",
+__all__ = ["Decoding", "Generator", "Reconstruction", "SampleRequest", "Temperatures", "Unit", "UnitError",
            "parse_metre", "parse_unit", "parse_units", "rows_to_midi_bytes", "rows_to_piece"]
