@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO))
 
 VARIANTS = {
     "small": {},
+    "absolute_pitch": {"model.relative_pitch": False},   # small before relative_pitch was its default
     "transpose": {"train.transpose_semitones": 5},
     "adam_warmup": {"train.lr": 0.004, "train.warmup_steps": 100, "train.grad_clip_value": 0.0,
                     "train.grad_clip_norm": 1.0},

@@ -83,8 +83,10 @@ def evaluate(name: str, root: str | Path, split: str = "test", model: str = "bes
     run = run_dir(root, name)
     info = resolve_checkpoint(run, model)
     data_root = Path(pieces).resolve() if pieces else root
-    train_index = read_index(root)
-    index = read_index(data_root)
+    # the build the run trained on: its splits are the run's (a newer build may assign pieces
+    # to other splits, and its test split could then hold bars the model trained on)
+    train_index = read_index(root, run_build(run, root, say=print if progress else None))
+    index = read_index(data_root) if pieces else train_index
     train_urls, urls = _urls(root, "train", train_index), _urls(data_root, split, index)
     if not urls:
         raise MahlerError(f"{data_root}: build {index['build']} has no {split} bars to evaluate "
@@ -133,6 +135,25 @@ def evaluate(name: str, root: str | Path, split: str = "test", model: str = "bes
     if log_wandb:
         _log_wandb(run, name, report, png)
     return EvalReport(path, png, report)
+
+
+def run_build(run: Path, root: Path, say=None) -> str | None:
+    """The build id the run last trained on (its data.json), if that build is still in ROOT;
+    None (the current build) otherwise, with a note."""
+    from mahler_dist.data.shards import build_root
+
+    try:
+        build = json.loads((run / "data.json").read_text())["build"]
+    except (OSError, ValueError, KeyError):
+        return None       # a run from before data.json: the current build
+    try:
+        if Path(build_root(root, build)).is_dir():
+            return build
+    except ValueError:    # not a build id: data.json was edited by hand
+        pass
+    if say:
+        say(f"note: build {build} that run {run.name} trained on is gone from {root}; using the current build")
+    return None
 
 
 def _pieces(bars: list[tuple[str, np.ndarray, str]]) -> list[list[tuple[np.ndarray, str]]]:

@@ -55,3 +55,22 @@ def test_fits_on_two_shards_merge_to_the_fit_on_both():
     assert merged.bars == both.bars == 3
     for k in both.bigram:
         assert np.array_equal(merged.bigram[k], both.bigram[k]) and np.array_equal(merged.unigram[k], both.unigram[k])
+
+
+def test_evaluate_reads_the_build_the_run_trained_on(tmp_path):
+    """A newer build may put other pieces in the test split: evaluate uses the run's build."""
+    import json
+
+    from mahler_dist.evaluate.run import run_build
+
+    run, root = tmp_path / "runs" / "r", tmp_path
+    run.mkdir(parents=True)
+    assert run_build(run, root) is None                                   # no data.json: current
+    (root / "builds" / "b-old").mkdir(parents=True)
+    (run / "data.json").write_text(json.dumps({"build": "b-old"}))
+    assert run_build(run, root) == "b-old"
+    notes = []
+    (run / "data.json").write_text(json.dumps({"build": "b-gone"}))
+    assert run_build(run, root, say=notes.append) is None and "b-gone" in notes[0]
+    (run / "data.json").write_text(json.dumps({"build": "../etc"}))
+    assert run_build(run, root) is None                                   # never a path
