@@ -463,6 +463,15 @@ def is_uri(path: str | Path) -> bool:
     return "://" in str(path)
 
 
+def local_root(root: str | Path, needed_by: str) -> Path:
+    """ROOT as an absolute local path, for commands that read it only through the filesystem.
+    An object-store URI is refused by name: Path() would turn s3://bucket/x into a folder "s3:"."""
+    if is_uri(root):
+        raise MahlerError(f"{root}: {needed_by} needs a local or shared-filesystem ROOT for now; object-store "
+                          "ROOTs (s3://, gs://) are read by preprocess only")
+    return Path(root).resolve()
+
+
 def _read_bytes(path: str) -> bytes:
     """A file's bytes; FileNotFoundError when there is none (local paths and URIs alike)."""
     if not is_uri(path):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mahler_dist.data.shards import parse_key, read_index, shard_urls
+from mahler_dist.data.shards import local_root, parse_key, read_index, shard_urls
 from mahler_dist.errors import MahlerError
 from mahler_dist.generate.runs import resolve_checkpoint, run_dir
 from mahler_dist.run_names import check_run_name
@@ -79,10 +79,10 @@ def evaluate(name: str, root: str | Path, split: str = "test", model: str = "bes
     for label, n, hi in (("--generated", generated, 1024), ("--bars", bars, 256), ("--max-bars", max_bars, 10**7)):
         if not 0 <= n <= hi:
             raise MahlerError(f"{label} must be in 0..{hi}, got {n}")
-    root = Path(root).resolve()
+    root = local_root(root, "evaluation")
     run = run_dir(root, name)
     info = resolve_checkpoint(run, model)
-    data_root = Path(pieces).resolve() if pieces else root
+    data_root = local_root(pieces, "evaluation (--pieces)") if pieces else root
     # the build the run trained on: its splits are the run's (a newer build may assign pieces
     # to other splits, and its test split could then hold bars the model trained on)
     train_index = read_index(root, run_build(run, root, say=print if progress else None))

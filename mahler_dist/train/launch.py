@@ -27,7 +27,7 @@ from ray.train.torch import TorchTrainer
 from mahler_dist.config import Config, config_from_dict, load_config, resolve_config_path, save_config
 from mahler_dist.generate.runs import list_checkpoints
 from mahler_dist.model.checkpoint import checkpoint_config
-from mahler_dist.data.shards import is_uri, read_index, shard_urls
+from mahler_dist.data.shards import local_root, read_index, shard_urls
 from mahler_dist.errors import ConfigError, MahlerError
 from mahler_dist.ray_runtime import ray_runtime
 from mahler_dist.run_names import check_run_name  # the one rule (train, generate, serve)
@@ -152,10 +152,7 @@ def train(name: str, root: str | Path, config: str | None = None, *, workers: in
     """Train or resume run NAME. `observers` go to every worker (see train/loop.py): tests use
     them to record the bars each step saw or to kill a worker at a given step."""
     check_run_name(name)
-    if is_uri(root):   # Path() would turn s3://bucket/x into a local folder named "s3:"
-        raise MahlerError(f"{root}: training needs a local or shared-filesystem ROOT for now; object-store "
-                          "ROOTs (s3://, gs://) are read by preprocess only")
-    root = Path(root).resolve()
+    root = local_root(root, "training")
     run_dir = root / "runs" / name
     if restart and run_dir.exists():
         if not yes and not _confirm(f"delete run {run_dir} and start over?"):

@@ -18,3 +18,20 @@ def test_an_object_store_root_is_refused_by_name(root, tmp_path, monkeypatch):
     with pytest.raises(MahlerError, match=r"(s3|gs)://bucket/mahler: training needs a local"):
         train("run", root, "tiny")
     assert os.listdir(tmp_path) == []   # nothing was made under the working directory
+
+
+@pytest.mark.parametrize("args", [["s3://bucket/mahler"], ["/tmp/x", "gs://bucket/held-out"]])
+def test_evaluate_refuses_an_object_store_root_by_name(args, tmp_path, monkeypatch):
+    pytest.importorskip("ray")
+    from mahler_dist.evaluate.run import evaluate
+
+    monkeypatch.chdir(tmp_path)
+    root, pieces = args[0], (args[1] if len(args) > 1 else None)
+    if pieces:
+        ckpt = tmp_path / "r" / "runs" / "run" / "checkpoint_epoch0001"
+        ckpt.mkdir(parents=True)
+        (ckpt / "state.pt").touch()          # the run exists: only --pieces is wrong
+        root = tmp_path / "r"
+    with pytest.raises(MahlerError, match=r"(s3|gs)://bucket/\S+: evaluation"):
+        evaluate("run", root, pieces=pieces, progress=False)
+    assert os.listdir(tmp_path) in ([], ["r"])    # nothing named "s3:" or "gs:" was made
