@@ -38,6 +38,9 @@ DEFAULT_START_WAIT_S = 180
 REACH_TIMEOUT_S = 5.0
 # Ray's own names for its start-up waits (env RAY_<config name>), in seconds.
 RAY_WAIT_SETTINGS = ("RAY_gcs_server_port_wait_time_s", "RAY_raylet_start_wait_time_s")
+# Serve kills and restarts an HTTP proxy that is not ready in 5 s, which on a loaded 2-core
+# machine fails `serve.start` ("actor killed by ray.kill"); 30 s unless the user sets it
+SERVE_PROXY_WAIT = ("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
 
 
 def start_wait_s(environ: dict | None = None) -> int:
@@ -159,7 +162,8 @@ def _local(ray, say, init_kwargs: dict) -> Iterator[str]:
             "--address or RAY_ADDRESS to use a cluster)")
     runtime_env = {"env_vars": {"RAY_ADDRESS": gcs}}
     # RAY_GCS_SERVER_PORT fixes the port Ray's Node gives the GCS, so RAY_ADDRESS is known first.
-    with _env({**waits, "RAY_GCS_SERVER_PORT": gcs.rpartition(":")[2]}):
+    proxy_wait = {SERVE_PROXY_WAIT[0]: os.environ.get(SERVE_PROXY_WAIT[0]) or SERVE_PROXY_WAIT[1]}
+    with _env({**waits, **proxy_wait, "RAY_GCS_SERVER_PORT": gcs.rpartition(":")[2]}):
         try:
             ray.init(address="local", _node_ip_address=ip, runtime_env=runtime_env, **init_kwargs)
         except Exception as e:

@@ -1,0 +1,66 @@
+"""A real Ray Serve app on 127.0.0.1 over a ROOT with two tiny trained runs, for the serve tests.
+
+    from serve_fixture import serve_app   # a module-scoped fixture: {"url", "root", "midi"}
+
+ROOT is examples/midi preprocessed (real Ray Data); run "a" has two checkpoints (epochs 1, 2),
+run "b" one, trained from another seed, so two models answer differently."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples" / "midi"
+SEED_PIECE = EXAMPLES / "scn15_6.mid"      # 33 bars of 3/4
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout_s: float = 60.0) -> None:
+    import requests
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if requests.get(url, timeout=5).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not answer within {timeout_s} s")
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def serve_app(ray_session, tmp_path_factory):
+    from ray import serve
+
+    from mahler_dist.config import DataConfig
+    from mahler_dist.data.preprocess import preprocess
+    from mahler_dist.serve.app import build_app
+    from tiny_runs import train_tiny_run
+
+    root = tmp_path_factory.mktemp("serve_root")
+    shutil.copytree(EXAMPLES, root / "input", ignore=shutil.ignore_patterns("*.md"))
+    preprocess(root, DataConfig(val_fraction=0.0, test_fraction=0.0, shard_samples=64), progress=False)
+    train_tiny_run(root, "a", steps=20, seed=0, epochs=(1, 2))
+    train_tiny_run(root, "b", steps=20, seed=1)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 120})
+    serve.run(build_app({"root": str(root), "model": "a"}), name="mahler", route_prefix="/")
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/healthz")
+    try:
+        yield {"url": url, "root": root, "midi": SEED_PIECE.read_bytes()}
+    finally:
+        serve.shutdown()
