@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DEMO   ?= demo
 
-.PHONY: install demo test bench clean-demo
+.PHONY: install browser demo test bench clean-demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,13 @@ install: $(VENV)/.installed
 demo: install
 	MAHLER_DEMO_ROOT=$(DEMO) bash scripts/demo.sh
 
-test: install
+# Debian's chromium for the web-page test (tests/integration/test_serve_page.py), driven by Playwright.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
+
+test: install browser
 	$(BIN)/python -m pytest -q
 
 bench: install

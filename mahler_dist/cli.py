@@ -74,6 +74,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from mahler_dist.serve.launch import ServeOptions, run_server
+
+    run_server(args.name, args.root, ServeOptions(
+        host=args.host, port=args.port, replicas=args.replicas, num_gpus=args.num_gpus,
+        cpus_per_replica=args.cpus_per_replica, device=args.device, max_batch_size=args.max_batch_size,
+        request_timeout_s=args.request_timeout, detach=args.detach), address=args.address)
+    return 0
+
+
 def _cmd_plot(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -205,6 +215,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None,
                    help="a Ray cluster HOST:PORT to run on (default: $RAY_ADDRESS, else a new local Ray)")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("serve", help="serve a run's model over HTTP with Ray Serve: JSON/MIDI API and a web page")
+    p.add_argument("name", help="the run to serve by default (ROOT/runs/NAME; every run of ROOT is servable)")
+    p.add_argument("--root", required=True, help="the project folder of the run")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--replicas", type=int, default=1, help="Serve replicas of the model")
+    p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per replica (0: CPU)")
+    p.add_argument("--cpus-per-replica", type=float, default=1.0)
+    p.add_argument("--device", default="auto", help="auto (cuda with --num-gpus, else cpu), cpu or cuda")
+    p.add_argument("--max-batch-size", type=int, default=16,
+                   help="pred/continue requests decoded together (1: no batching)")
+    p.add_argument("--request-timeout", type=float, default=120.0, help="seconds before a request gets HTTP 408")
+    p.add_argument("--detach", action="store_true",
+                   help="deploy and return, leaving the app on the cluster (with --address)")
+    p.add_argument("--address", default=None,
+                   help="a Ray cluster HOST:PORT to deploy on (default: $RAY_ADDRESS, else a new local Ray)")
+    p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("plot", help="training curves of runs: l (loss), p (accuracy), d (distance), ls (step loss)")
     p.add_argument("mode", choices=["l", "p", "d", "ls"])

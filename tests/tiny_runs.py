@@ -44,6 +44,6 @@ def train_tiny_run(root: Path, name: str, steps: int = 30, seed: int = 0, max_ba
             optimizer.step()
         d = run / f"checkpoint_epoch{epoch:04d}"
         d.mkdir()
-        save_checkpoint(d, metrics={"val_score": float(loss), "epoch": epoch, "step": step, "kind": "epoch"},
+        save_checkpoint(d, metrics={"val_score": float(loss.detach()), "epoch": epoch, "step": step, "kind": "epoch"},
                         model=model.state_dict(), config=cfg.to_dict(), epoch=epoch, step=step)
     return run

@@ -24,6 +24,7 @@ from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mahler_dist.errors import MahlerError
 from mahler_dist.generate.generator import Generator
@@ -55,6 +56,12 @@ async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
     first = detail[0] if detail else {"loc": [], "msg": "invalid request"}
     where = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
     return _error(422, f"{where}: {first['msg']}", detail)
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    # FastAPI's own refusals (unparsable body, unknown route, wrong method) in the same shape
+    return _error(exc.status_code, str(exc.detail))
 
 
 @app.exception_handler(engine.RequestError)
