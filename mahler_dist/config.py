@@ -369,6 +369,13 @@ def _presets_dir() -> Path:
 
 #: The shipped presets (see _presets_dir).
 PRESETS_DIR = _presets_dir()
+#: Files in configs/ that are not training presets: Ray Serve's deploy config of the generation app.
+NOT_PRESETS = frozenset({"serve.yaml"})
+
+
+def preset_paths() -> list[Path]:
+    """The training presets (tiny, small, mahlernet, ...), without the other configs beside them."""
+    return sorted(p for p in PRESETS_DIR.glob("*.yaml") if p.name not in NOT_PRESETS)
 
 
 def resolve_config_path(name_or_path: str | Path | None) -> Path | None:
@@ -379,7 +386,7 @@ def resolve_config_path(name_or_path: str | Path | None) -> Path | None:
     if candidate.suffix in (".yaml", ".yml") or candidate.exists():
         return candidate
     preset = PRESETS_DIR / f"{name_or_path}.yaml"
-    if preset.exists():
+    if preset.exists() and preset.name not in NOT_PRESETS:
         return preset
-    available = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")))
+    available = ", ".join(p.stem for p in preset_paths())
     raise ConfigError(f"no config file or preset named '{name_or_path}' (presets: {available})")

@@ -63,26 +63,29 @@ def run_server(name: str, root: str, opts: ServeOptions, *, address: str | None 
 
         from mahler_dist.serve.app import GenerationService
 
-        serve.start(http_options={"host": opts.host, "port": opts.port,
-                                  "request_timeout_s": opts.request_timeout_s})
-        gpu = opts.num_gpus > 0
-        app = GenerationService.options(
-            num_replicas=opts.replicas,
-            max_ongoing_requests=max(2 * opts.max_batch_size, 8),
-            ray_actor_options={"num_cpus": opts.cpus_per_replica, "num_gpus": opts.num_gpus},
-            user_config={"max_batch_size": opts.max_batch_size, "batch_wait_timeout_s": opts.batch_wait_timeout_s},
-        ).bind(str(root_path), entry.id, "cuda" if gpu and opts.device == "auto" else opts.device)
-        serve.run(app, name=APP_NAME, route_prefix="/")
-        url = f"http://{opts.host}:{opts.port}"
-        say(f"serving {entry.id} ({opts.replicas} replica(s), {'GPU' if gpu else 'CPU'}) at {url}/  "
-            f"- API: {url}/docs, models: {url}/v1/models")
-        if opts.detach:
-            say(f"detached: the app keeps running on the cluster (`serve shutdown` to stop it)")
-            return
         stop = stop or threading.Event()
         previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) \
             if threading.current_thread() is threading.main_thread() else None
-        try:
+        detached = False
+        try:        # Ctrl-C at any point, deploying included, shuts down what was started
+            serve.start(http_options={"host": opts.host, "port": opts.port,
+                                      "request_timeout_s": opts.request_timeout_s})
+            gpu = opts.num_gpus > 0
+            app = GenerationService.options(
+                num_replicas=opts.replicas,
+                max_ongoing_requests=max(2 * opts.max_batch_size, 8),
+                ray_actor_options={"num_cpus": opts.cpus_per_replica, "num_gpus": opts.num_gpus},
+                user_config={"max_batch_size": opts.max_batch_size,
+                             "batch_wait_timeout_s": opts.batch_wait_timeout_s},
+            ).bind(str(root_path), entry.id, "cuda" if gpu and opts.device == "auto" else opts.device)
+            serve.run(app, name=APP_NAME, route_prefix="/")
+            url = f"http://{opts.host}:{opts.port}"
+            say(f"serving {entry.id} ({opts.replicas} replica(s), {'GPU' if gpu else 'CPU'}) at {url}/  "
+                f"- API: {url}/docs, models: {url}/v1/models")
+            if opts.detach:
+                detached = True
+                say("detached: the app keeps running on the cluster (`serve shutdown` to stop it)")
+                return
             say("Ctrl-C to stop")
             while not stop.wait(0.5):
                 pass
@@ -91,5 +94,6 @@ def run_server(name: str, root: str, opts: ServeOptions, *, address: str | None 
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
-            say("stopping the server")
-            serve.shutdown()
+            if not detached:
+                say("stopping the server")
+                serve.shutdown()

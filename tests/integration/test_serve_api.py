@@ -233,3 +233,40 @@ def test_no_request_from_the_apps_own_schema_gets_a_server_error(serve_app, mode
 
         check()
     assert len(seen) >= 10 and (mode == "positive" or any(400 <= c < 500 for c in seen))
+
+
+def test_mahler_serve_serves_until_interrupted_then_stops(serve_app, tmp_path):
+    """The CLI as a user runs it: its own local Ray, a default run, the page and the API; Ctrl-C
+    (SIGINT) shuts Serve and that Ray down and exits 0."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from serve_fixture import free_port, wait_http
+
+    port = free_port()
+    env = {**os.environ, "RAY_ADDRESS": "", "PYTHONUNBUFFERED": "1"}
+    log = open(tmp_path / "serve.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "mahler_dist.cli", "serve", "b", "--root", str(serve_app["root"]),
+                             "--port", str(port), "--max-batch-size", "4"], stdout=log, stderr=subprocess.STDOUT,
+                            env=env, cwd=tmp_path)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", timeout_s=180)
+        answer = requests.post(f"http://127.0.0.1:{port}/v1/generate", json={"bars": 1, "seed": 1}, timeout=120).json()
+        assert answer["model"] == "b/best"          # NAME is the default model
+        deadline = time.monotonic() + 60
+        while "Ctrl-C to stop" not in (tmp_path / "serve.log").read_text() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.seek(0)
+        text = log.read()
+    assert f"serving b/best" in text and "stopping the server" in text, text[-2000:]
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5)

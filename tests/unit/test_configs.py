@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from mahler_dist.config import PRESETS_DIR, config_from_dict, load_config
+from mahler_dist.config import PRESETS_DIR, config_from_dict, load_config, preset_paths, resolve_config_path
 from mahler_dist.errors import ConfigError
 from mahler_dist.model.summary import build_meta_model, describe_text, parameter_groups
 
-PRESETS = sorted(PRESETS_DIR.glob("*.yaml"))
+PRESETS = preset_paths()
 
 # The original's 23.0 M (reference 3), group by group.
 REFERENCE_GROUPS_M = {"context encoder": 7.32, "input encoder": 7.31, "decoder LSTM": 7.05,
@@ -80,3 +80,9 @@ def test_small_is_a_few_million_and_tiny_is_smaller():
 def test_semantic_errors_name_the_key(data, fragment):
     with pytest.raises(ConfigError, match=fragment):
         config_from_dict(data, "preset.yaml")
+
+
+def test_the_serve_config_beside_the_presets_is_not_a_preset():
+    assert (PRESETS_DIR / "serve.yaml").exists() and "serve.yaml" not in {p.name for p in PRESETS}
+    with pytest.raises(ConfigError, match="presets: mahlernet, small, tiny"):
+        resolve_config_path("serve")

@@ -105,6 +105,8 @@ def test_installed_package_has_every_module_and_preset(installed):
     presets = {p.name for p in (REPO / "configs").glob("*.yaml")}
     shipped_presets = {p.name for p in (site / "mahler_dist" / "configs").glob("*.yaml")}
     assert presets and presets == shipped_presets
+    page = site / "mahler_dist" / "serve" / "static" / "index.html"      # the service's web page
+    assert page.read_bytes() == (REPO / "mahler_dist" / "serve" / "static" / "index.html").read_bytes()
 
 
 def test_a_checkout_that_shadows_the_install_uses_its_own_presets(installed):
