@@ -56,6 +56,8 @@ def upload_windows(b64: str, field: str = "midi", limits: ServeLimits = LIMITS) 
         data = base64.b64decode("".join(b64.split()), validate=True)
     except (binascii.Error, ValueError) as e:
         raise RequestError(f"{field}: not base64 ({e})", 400) from None
+    if len(data) > limits.max_upload_bytes:     # base64 rounds up to 3 bytes: the exact check
+        raise RequestError(f"{field}: upload over {limits.max_upload_bytes} bytes ({len(data)})", 413)
     try:
         score = read_midi(data, name=f"upload {field!r}", limits=limits.read_limits())
         encoded = encode_score(score, f"upload {field!r}")

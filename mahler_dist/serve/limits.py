@@ -22,7 +22,7 @@ class ServeLimits:
     max_units: int = 32                # recon units
     max_work_bars: int = 256           # bars decoded per request, all samples together
     max_upload_bytes: int = 1 << 20    # one MIDI upload, before base64 (1 MiB)
-    max_upload_bars: int = 512         # bars an upload may hold (its length, checked at parse time)
+    max_upload_quarters: int = 2048    # an upload's length: 512 bars of 4/4 (checked while parsing)
     max_upload_notes: int = 50_000
     max_upload_events: int = 400_000
     max_temperature: float = 3.0       # 0 is argmax
@@ -33,10 +33,9 @@ class ServeLimits:
         return 4 * ((self.max_upload_bytes + 2) // 3)
 
     def read_limits(self) -> ReadLimits:
-        # 16 quarters a bar bounds the longest metre the representation keeps (reference 1.2)
         return ReadLimits(max_file_bytes=self.max_upload_bytes, max_events=self.max_upload_events,
                           max_notes=self.max_upload_notes,
-                          max_ticks=self.max_upload_bars * 16 * TICKS_PER_QUARTER)
+                          max_ticks=self.max_upload_quarters * TICKS_PER_QUARTER)
 
 
 LIMITS = ServeLimits()
