@@ -186,4 +186,4 @@ def test_path_resolution():
     assert path_exists("music/*.py", readme)
     assert path_exists("jobs/{preprocess,train,generate}.py", readme)
     assert not path_exists("config/small.yaml", readme)
-    assert not path_exists("jobs/{train,serve}.py", readme)
+    assert not path_exists("jobs/{train,no_such_job}.py", readme)
