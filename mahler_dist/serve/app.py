@@ -52,10 +52,12 @@ def _error(status: int, message: str, detail: list | None = None) -> JSONRespons
 @app.exception_handler(RequestValidationError)
 async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
     # without `input` (an upload echoed back) and `ctx` (may hold exception objects)
-    detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
+    detail = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")).removeprefix("Value error, "),
+               "type": e.get("type", "")} for e in exc.errors()]
     first = detail[0] if detail else {"loc": [], "msg": "invalid request"}
-    where = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
-    return _error(422, f"{where}: {first['msg']}", detail)
+    where = ".".join(str(p) for p in first["loc"] if p != "body")
+    # a rule across fields (model_validator) has no field of its own: its message names them
+    return _error(422, f"{where}: {first['msg']}" if where else first["msg"], detail)
 
 
 @app.exception_handler(StarletteHTTPException)
@@ -92,6 +94,16 @@ def _wants_midi(accept: str | None) -> bool:
                                       or kinds.index("audio/midi") < kinds.index("application/json"))
 
 
+def _replica_device(device: str) -> str:
+    """auto: CUDA exactly when Ray gave this replica a GPU (ray_actor_options.num_gpus), else CPU,
+    even on a GPU node: a replica without a GPU must not take one behind Ray's back."""
+    if device != "auto":
+        return device
+    import ray
+
+    return "cuda" if ray.get_gpu_ids() else "cpu"
+
+
 @serve.deployment(max_ongoing_requests=MAX_ONGOING_REQUESTS, health_check_period_s=10,
                   health_check_timeout_s=30, graceful_shutdown_timeout_s=20,
                   ray_actor_options={"num_cpus": 1, "num_gpus": 0})
@@ -104,7 +116,7 @@ class GenerationService:
         self.default_model = canonical_id(default_model) if default_model else None
         if self.default_model:
             self.catalog.lookup(self.default_model)        # fail at deploy time, not at the first request
-        self.device = device
+        self.device = _replica_device(device)
         self.programs = corpus_programs(self.root)
         self.batch_sizes: Counter[int] = Counter()
 
@@ -167,7 +179,7 @@ class GenerationService:
     @app.get("/healthz")
     async def healthz(self) -> dict:
         self.check_health()
-        return {"status": "ok", "default_model": self.default_model,
+        return {"status": "ok", "default_model": self.default_model, "device": self.device,
                 "batches": {str(k): v for k, v in sorted(self.batch_sizes.items())}}
 
     @app.get("/v1/models", response_model=list[ModelInfo])

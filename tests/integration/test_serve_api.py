@@ -145,6 +145,7 @@ def test_concurrent_requests_are_decoded_in_one_batch(serve_app):
     assert alone["samples"][0]["midi"] == answers[3]["samples"][0]["midi"]
     health = requests.get(serve_app["url"] + "/healthz", timeout=30).json()
     assert health["status"] == "ok" and any(int(k) > 1 for k in health["batches"])
+    assert health["device"] == "cpu"        # no GPU asked for (ray_actor_options.num_gpus: 0)
 
 
 
