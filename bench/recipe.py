@@ -158,6 +158,7 @@ def main() -> None:
     ap.add_argument("--val-bars", type=int, default=512)
     ap.add_argument("--variants", default="small,transpose,adam_warmup,init_0.05")
     ap.add_argument("--parallel", type=int, default=2)
+    ap.add_argument("--baseline", default="small", help="the variant the ratios are against")
     ap.add_argument("--out", default="recipe_results")
     ap.add_argument("--minutes", type=float, default=0.0, help="also stop each variant after this long (0: steps only)")
     ap.add_argument("--save-runs", action="store_true",
@@ -173,8 +174,9 @@ def main() -> None:
         return
     names = args.variants.split(",")
     unknown = [n for n in names if n not in VARIANTS]
-    if unknown or "small" not in names:
-        sys.exit(f"variants must include 'small' (the baseline) and come from {sorted(VARIANTS)}; got {unknown}")
+    if unknown or args.baseline not in names:
+        sys.exit(f"variants must include the baseline {args.baseline!r} and come from {sorted(VARIANTS)}; "
+                 f"got {args.variants!r}")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # a variant whose result is already in --out is not run again (reuse a baseline, resume a sweep)
     pending, running = [n for n in names if not (out / f"{n}.json").exists()], []
@@ -189,10 +191,10 @@ def main() -> None:
         running = [p for p in running if p.poll() is None]
     base = baselines(args.root, args.val_bars)
     results = {n: json.loads((out / f"{n}.json").read_text()) for n in names}
-    ref = results["small"]["curve"][-1]
+    ref = results[args.baseline]["curve"][-1]
     print(f"\n{args.steps} steps of batch 64 on {args.root}; first {args.val_bars} validation bars, teacher-forced")
     print(f"{'variant':14s} {'pitch NLL':>10s} {'pitch acc':>10s} {'offset acc':>10s} {'KL bits':>8s} "
-          f"{'NLL vs small':>12s} {'acc vs small':>12s}")
+          f"{'NLL ratio':>12s} {'acc ratio':>12s}  (ratios against {args.baseline})")
     for n in names:
         last = results[n]["curve"][-1]
         print(f"{n:14s} {last['loss_p']:10.3f} {last['acc_p']:10.3f} {last['acc_o']:10.3f} "
