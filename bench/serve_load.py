@@ -1,7 +1,7 @@
 """Serve load: POST /v1/generate at a fixed concurrency on loopback, batching off against on.
 
     .venv/bin/python bench/serve_load.py [--root ROOT --model RUN] [--requests 300] [--concurrency 16]
-        [--rounds 2] [--bars 2] [--batch 16] [--wait 0.02] [--out /tmp/serve_load.json]
+        [--rounds 2] [--bars 8] [--batch 16] [--wait 0.02] [--out /tmp/serve_load.json]
 
 The real Ray Serve app (mahler_dist/serve/app.py, one GenerationService replica on CPU) on a local
 Ray started here (num_cpus=4, 127.0.0.1, a free port). Without --root/--model it builds a temporary
@@ -180,7 +180,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=300, help="measured requests per variant and round")
     ap.add_argument("--concurrency", type=int, default=16, help="requests in flight")
     ap.add_argument("--rounds", type=int, default=2, help="rounds; the variants' order alternates")
-    ap.add_argument("--bars", type=int, default=2, help="bars per request")
+    ap.add_argument("--bars", type=int, default=8,
+                    help="bars per request (8: a phrase; 2 is dominated by per-request HTTP work)")
     ap.add_argument("--batch", type=int, default=16, help="max_batch_size of the 'on' variant")
     ap.add_argument("--wait", type=float, default=0.02, help="batch_wait_timeout_s of the 'on' variant")
     ap.add_argument("--warmup", type=int, default=8, help="warm-up requests per measurement")
