@@ -33,8 +33,9 @@ echo; echo "== 6. Serve the run with Ray Serve, ask it for 4 bars of MIDI over H
 PORT=$(.venv/bin/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 "$MAHLER" serve "$RUN" --root "$ROOT" --port "$PORT" > "$ROOT/serve.log" 2>&1 &
 SERVER=$!
-trap 'kill -INT $SERVER 2>/dev/null || true' EXIT
-for _ in $(seq 180); do grep -q "Ctrl-C to stop" "$ROOT/serve.log" && break; kill -0 $SERVER 2>/dev/null || break; sleep 1; done
+# SIGTERM, not SIGINT: a script's background job ignores SIGINT (POSIX), so Ctrl-C's signal would not stop it
+trap 'kill -TERM $SERVER 2>/dev/null || true' EXIT
+for _ in $(seq 180); do grep -q "to stop" "$ROOT/serve.log" && break; kill -0 $SERVER 2>/dev/null || break; sleep 1; done
 .venv/bin/python - "$PORT" "$ROOT/runs/$RUN/served.mid" <<'PY'
 import json, sys, urllib.request
 req = urllib.request.Request(f"http://127.0.0.1:{sys.argv[1]}/v1/generate", method="POST",
@@ -44,7 +45,7 @@ with urllib.request.urlopen(req, timeout=120) as r:
     open(sys.argv[2], "wb").write(r.read())
     print(f"wrote {sys.argv[2]} (seed {r.headers['X-Mahler-Seed']}); the web page was at http://127.0.0.1:{sys.argv[1]}/")
 PY
-kill -INT $SERVER; wait $SERVER || true; trap - EXIT
+kill -TERM $SERVER; wait $SERVER || true; trap - EXIT
 echo "(run it yourself: $MAHLER serve $RUN --root $ROOT, then open http://127.0.0.1:8000/)"
 
 echo; echo "Done. Look in $ROOT/runs/$RUN: generated/ (MIDI + piano rolls), served.mid, metrics.jsonl, curves_*.png, wandb/."

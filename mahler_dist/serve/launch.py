@@ -8,6 +8,7 @@ Everything a user can get wrong (ROOT, run name, port, replicas) is checked befo
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from dataclasses import dataclass
@@ -86,7 +87,12 @@ def run_server(name: str, root: str, opts: ServeOptions, *, address: str | None 
                 detached = True
                 say("detached: the app keeps running on the cluster (`serve shutdown` to stop it)")
                 return
-            say("Ctrl-C to stop")
+            # a shell's background job (`mahler serve ... &` in a script) starts with SIGINT
+            # ignored, and Python keeps it so: say what does stop it
+            if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+                say(f"SIGTERM to stop (kill {os.getpid()}): SIGINT is ignored in this background job")
+            else:
+                say("Ctrl-C to stop")
             while not stop.wait(0.5):
                 pass
         except KeyboardInterrupt:

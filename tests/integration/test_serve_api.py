@@ -236,10 +236,14 @@ def test_no_request_from_the_apps_own_schema_gets_a_server_error(serve_app, mode
     assert len(seen) >= 10 and (mode == "positive" or any(400 <= c < 500 for c in seen))
 
 
-def test_mahler_serve_serves_until_interrupted_then_stops(serve_app, tmp_path):
-    """The CLI as a user runs it: its own local Ray, a default run, the page and the API; Ctrl-C
-    (SIGINT) shuts Serve and that Ray down and exits 0."""
+@pytest.mark.parametrize("how", ["ctrl-c", "script"])
+def test_mahler_serve_serves_until_interrupted_then_stops(serve_app, tmp_path, how):
+    """The CLI as a user runs it: its own local Ray, a default run, the page and the API.
+    ctrl-c: SIGINT in the foreground. script: a background job of a shell script (as
+    scripts/demo.sh runs it), where SIGINT is ignored, so the server says to send SIGTERM, and
+    SIGTERM stops it. Either way Serve and that Ray shut down and the exit status is 0."""
     import os
+    import shlex
     import signal
     import subprocess
     import sys
@@ -249,20 +253,36 @@ def test_mahler_serve_serves_until_interrupted_then_stops(serve_app, tmp_path):
 
     port = free_port()
     env = {**os.environ, "RAY_ADDRESS": "", "PYTHONUNBUFFERED": "1"}
-    log = open(tmp_path / "serve.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "mahler_dist.cli", "serve", "b", "--root", str(serve_app["root"]),
-                             "--port", str(port), "--max-batch-size", "4"], stdout=log, stderr=subprocess.STDOUT,
-                            env=env, cwd=tmp_path)
+    log_path = tmp_path / "serve.log"
+    log = open(log_path, "w+")
+    argv = [sys.executable, "-m", "mahler_dist.cli", "serve", "b", "--root", str(serve_app["root"]),
+            "--port", str(port), "--max-batch-size", "4"]
+    if how == "script":        # the shell reports the server's PID, then waits for it
+        script = f"{shlex.join(argv)} & echo $! > server.pid; wait $!"
+        proc = subprocess.Popen(["bash", "-c", script], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    else:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    expected = "SIGTERM to stop" if how == "script" else "Ctrl-C to stop"
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", timeout_s=180)
         answer = requests.post(f"http://127.0.0.1:{port}/v1/generate", json={"bars": 1, "seed": 1}, timeout=120).json()
         assert answer["model"] == "b/best"          # NAME is the default model
         deadline = time.monotonic() + 60
-        while "Ctrl-C to stop" not in (tmp_path / "serve.log").read_text() and time.monotonic() < deadline:
+        while "to stop" not in log_path.read_text() and time.monotonic() < deadline:
             time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
+        assert expected in log_path.read_text()
+        if how == "script":
+            os.kill(int((tmp_path / "server.pid").read_text()), signal.SIGTERM)
+        else:
+            proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=120) == 0
     finally:
+        pid_file = tmp_path / "server.pid"
+        if pid_file.exists():                       # the server itself, not only its shell
+            try:
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
         if proc.poll() is None:
             proc.kill()
             proc.wait()
