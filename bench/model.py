@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mahler_dist.config import load_config, resolve_config_path  # noqa: E402
-from mahler_dist.model.batch import collate_bars, count_events, to_device  # noqa: E402
+from mahler_dist.data.collate import collate_bars  # noqa: E402
+from mahler_dist.model.batch import count_events, to_device  # noqa: E402
 from mahler_dist.model.cvae import MahlerNet  # noqa: E402
 from mahler_dist.model.loss import compute_loss  # noqa: E402
 from mahler_dist.model.optim import build_optimizer, clip_gradients  # noqa: E402

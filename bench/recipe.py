@@ -63,7 +63,7 @@ def run_variant(root: str, variant: str, steps: int, eval_every: int, val_bars: 
 
     from mahler_dist.data.loader import BarLoader, PlanOptions, read_samples
     from mahler_dist.data.shards import read_index, shard_urls
-    from mahler_dist.model.batch import collate_bars
+    from mahler_dist.data.collate import collate_bars
     from mahler_dist.model.cvae import MahlerNet
     from mahler_dist.model.loss import compute_loss
     from mahler_dist.model.optim import build_optimizer, clip_gradients

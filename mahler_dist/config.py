@@ -166,6 +166,18 @@ class TrainConfig:
     transpose_semitones: int = 0
     """Pitch augmentation: each training bar and its context move by a random interval in
     [-n, +n] semitones (kept inside the vocabulary; drawn per seed, epoch and bar); 0 = off."""
+    loader_workers: int = 0
+    """Processes building batches beside each training worker (torch DataLoader workers; the
+    batches are the same with any count). Give a GPU worker CPUs for them (--cpus-per-worker)."""
+    prefetch_batches: int = 4
+    """Batches each loader process builds ahead of the step."""
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """auto: bf16 autocast on a GPU, fp32 on a CPU. The LSTMs run in fp32/TF32 under autocast
+    either way (model/layers.py): autocast's cuDNN RNN path has cast them to fp16 in some
+    PyTorch versions."""
+    max_nonfinite_steps: int = 20
+    """A step whose loss or gradient is not finite is skipped (the weights and optimiser state
+    stay as they were) and counted; this many in a row stop the run with an error."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -296,7 +308,8 @@ def _semantic_errors(c: Config) -> list[str]:
                 "train.batch_size": t.batch_size, "train.epochs": t.epochs, "train.lr": t.lr,
                 "train.log_every_steps": t.log_every_steps, "train.shuffle_window": t.shuffle_window,
                 "data.shard_samples": c.data.shard_samples,
-                "data.max_rows_per_bar": c.data.max_rows_per_bar}
+                "data.max_rows_per_bar": c.data.max_rows_per_bar,
+                "train.prefetch_batches": t.prefetch_batches, "train.max_nonfinite_steps": t.max_nonfinite_steps}
     errors += [f"{k}: must be > 0, got {v}" for k, v in positive.items() if v <= 0]
     non_negative = {"model.leaky_relu_slope": m.leaky_relu_slope, "loss.free_bits": lo.free_bits,
                     "loss.beta_max": lo.beta_max, "train.weight_decay": t.weight_decay,
@@ -306,7 +319,8 @@ def _semantic_errors(c: Config) -> list[str]:
                     "train.checkpoint_every_steps": t.checkpoint_every_steps,
                     "train.free_eval_every_epochs": t.free_eval_every_epochs,
                     "train.free_eval_bars": t.free_eval_bars,
-                    "train.transpose_semitones": t.transpose_semitones}
+                    "train.transpose_semitones": t.transpose_semitones,
+                    "train.loader_workers": t.loader_workers}
     errors += [f"{k}: must be >= 0, got {v}" for k, v in non_negative.items() if v < 0]
     if t.max_batch_rows < 2 * c.data.max_rows_per_bar:
         errors.append(f"train.max_batch_rows: must be >= 2 x data.max_rows_per_bar = {2 * c.data.max_rows_per_bar} "

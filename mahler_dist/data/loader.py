@@ -35,52 +35,68 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from mahler_dist.data.augment import transpose_sample
-from mahler_dist.model.batch import collate_bars
+from mahler_dist.data.collate import collate_bars
+from mahler_dist.data.shard_reader import decode_sample, local_path, npy_array, read_raw_samples
+from mahler_dist.data.shards import LENGTHS_DIR, SHARDS_DIR
 
 
-def _read_shard(url: str) -> Iterator[dict]:
-    """Samples of one tar shard in file order, fields as raw bytes (webdataset's tar reader,
-    which also opens cloud URLs and `pipe:` commands)."""
-    from webdataset import tariterators
-
-    yield from tariterators.tarfile_samples([{"url": url}])
-
-
-def _decode(sample: dict) -> dict:
-    # np.load without pickle: shards are data, never code (DESIGN.md section 5)
-    def npy(name: str) -> np.ndarray:
-        return np.load(io.BytesIO(sample[name]), allow_pickle=False)
-
-    meta = json.loads(sample["meta.json"])
-    return {"key": sample["__key__"], "context": npy("context.npy"), "inputs": npy("inputs.npy"),
-            "active": npy("active.npy"), "metre": meta.get("metre", "")}
+def _read_shard(url: str) -> list[dict]:
+    """Samples of one tar shard in file order, fields as bytes-like objects (data/shard_reader.py:
+    the project's own shards fast, anything else through webdataset's reader)."""
+    return read_raw_samples(url)
 
 
 def read_samples(url: str) -> Iterator[dict]:
-    """The decoded samples of one shard in file order: {"key", "context", "inputs", "active", "metre"}."""
+    """The decoded samples of one shard in file order: {"key", "context", "inputs", "active", "metre"}
+    (arrays are read-only views of the shard's bytes)."""
     for raw in _read_shard(url):
-        yield _decode(raw)
+        yield decode_sample(raw)
+
+
+def lengths_url(url: str) -> str | None:
+    """Where the preprocessor put a shard's lengths sidecar: builds/<b>/lengths/<split>-NNNNNN.npy
+    beside builds/<b>/shards/ (outside shards/, so readers of the shard folder see only tars)."""
+    folder, sep, name = url.rpartition(f"/{SHARDS_DIR}/")
+    if not sep or not name.endswith(".tar"):
+        return None
+    return f"{folder}/{LENGTHS_DIR}/{name[:-len('.tar')]}.npy"
+
+
+def _sidecar_lengths(url: str) -> np.ndarray | None:
+    side = lengths_url(url)
+    path = local_path(side) if side else None
+    if path is None or not os.path.exists(path):
+        return None
+    lengths = np.load(path, allow_pickle=False)
+    if lengths.ndim != 2 or lengths.shape[1] != 2 or lengths.dtype.kind not in "iu":
+        raise ValueError(f"{side}: not a [n, 2] integer lengths array (shape {lengths.shape}, {lengths.dtype})")
+    return lengths.astype(np.int64)
 
 
 def scan_lengths(urls: Sequence[str]) -> list[np.ndarray]:
-    """Per shard: int64 [n, 2] (context rows, input rows) of its samples in file order."""
+    """Per shard: int64 [n, 2] (context rows, input rows) of its samples in file order - from the
+    build's lengths sidecars (a few bytes per sample: a rank plans its epoch without reading the
+    shards), else, for builds from before them, from the shards' meta.json."""
     out = []
     for url in urls:
+        side = _sidecar_lengths(url)
+        if side is not None:
+            out.append(side)
+            continue
         lengths = []
         for s in _read_shard(url):
-            meta = json.loads(s["meta.json"])
+            meta = json.loads(bytes(s["meta.json"]))
             ctx, inp = meta.get("context_rows"), meta.get("rows")
             if ctx is None or inp is None:   # not in meta.json: read the arrays' shapes
-                ctx = len(np.load(io.BytesIO(s["context.npy"]), allow_pickle=False))
-                inp = len(np.load(io.BytesIO(s["inputs.npy"]), allow_pickle=False))
+                ctx, inp = len(npy_array(s["context.npy"])), len(npy_array(s["inputs.npy"]))
             lengths.append((int(ctx), int(inp)))
         out.append(np.asarray(lengths, dtype=np.int64).reshape(-1, 2))
     return out
@@ -249,12 +265,20 @@ class BarLoader:
 
     `set_epoch(e)` selects the plan; `state_dict()`/`load_state_dict()` carry (epoch, batches
     done) through a checkpoint so a resumed run continues mid-epoch without repeating bars.
+    With `workers` > 0 the batches are built in that many torch DataLoader worker processes; the
+    stream is the same batch for batch (`batches`), so resuming works the same with any count.
     """
 
     def __init__(self, urls: Sequence[str], *, rank: int = 0, options: PlanOptions = PlanOptions(),
-                 shard_lengths: Sequence[np.ndarray] | None = None, transpose: int = 0):
+                 shard_lengths: Sequence[np.ndarray] | None = None, transpose: int = 0,
+                 workers: int = 0, prefetch: int = 4, pin_memory: bool = False):
         if not 0 <= rank < options.world_size:
             raise ValueError(f"rank {rank} outside world size {options.world_size}")
+        if workers < 0 or prefetch < 1:
+            raise ValueError(f"loader workers must be >= 0 and prefetch >= 1, got {workers} and {prefetch}")
+        # batch building in `workers` processes (0: in this one), each `prefetch` batches ahead;
+        # pinned host memory lets the copy to a GPU overlap the step (to_device(non_blocking=True))
+        self.workers, self.prefetch, self.pin_memory = workers, prefetch, pin_memory
         self.urls = list(urls)
         self.rank = rank
         self.options = options
@@ -322,26 +346,43 @@ class BarLoader:
 
     def __iter__(self) -> Iterator[dict]:
         skip = self.batches_done
-        for batches in self._rank_plan():
-            if skip >= len(batches):
-                skip -= len(batches)
+        self._rank_plan()   # computed here, once: worker processes get it with the loader
+        if self.workers == 0:
+            stream: Iterator[dict] = self.batches(skip)
+        else:
+            import torch.utils.data as tud
+
+            stream = iter(tud.DataLoader(_WorkerShare(self, skip), batch_size=None, num_workers=self.workers,
+                                         prefetch_factor=self.prefetch, pin_memory=self.pin_memory))
+        for batch in stream:
+            self.batches_done += 1
+            yield batch
+        # the epoch is complete: a checkpoint taken now resumes at the next epoch
+        self.epoch += 1
+        self.batches_done = 0
+        self._plan = None
+
+    def batches(self, skip: int, worker: int = 0, workers: int = 1) -> Iterator[dict]:
+        """This rank's batches of the epoch from batch `skip` on, the ones with
+        (index - skip) % workers == worker. A DataLoader over N workers takes one batch from each
+        worker in turn, so the stream it yields is the plan's order whatever N is; each worker
+        decodes only the samples of its own batches."""
+        index = 0
+        for window in self._rank_plan():
+            mine = [(index + j, b) for j, b in enumerate(window)
+                    if index + j >= skip and (index + j - skip) % workers == worker]
+            index += len(window)
+            if not mine:
                 continue
-            todo = batches[skip:]
-            skip = 0
-            samples = self._load({int(i) for b in todo for i in b})
-            for batch_ids in todo:
+            samples = self._load({int(i) for _, b in mine for i in b})
+            for _, batch_ids in mine:
                 chosen = [samples[int(i)] for i in batch_ids]
                 if self.transpose:   # drawn per (seed, epoch, sample): a resumed epoch repeats it
                     chosen = [transpose_sample(s, self.transpose, np.random.default_rng(
                         [self.options.seed, self.epoch, int(i)])) for s, i in zip(chosen, batch_ids)]
                 batch = collate_bars(chosen)
                 batch["keys"] = [s["key"] for s in chosen]
-                self.batches_done += 1
                 yield batch
-        # the epoch is complete: a checkpoint taken now resumes at the next epoch
-        self.epoch += 1
-        self.batches_done = 0
-        self._plan = None
 
     def _load(self, ids: set[int]) -> dict[int, dict]:
         """Decode the samples with these global ids, reading only the shards that hold them."""
@@ -352,5 +393,25 @@ class BarLoader:
             base = int(self._first_id[s])
             for i, raw in enumerate(_read_shard(self.urls[s])):
                 if base + i in ids:
-                    out[base + i] = _decode(raw)
+                    out[base + i] = decode_sample(raw)
         return out
+
+
+try:
+    from torch.utils.data import IterableDataset as _IterableDataset
+except ImportError:   # pragma: no cover - torch is a dependency; keeps the plan importable without it
+    _IterableDataset = object
+
+
+class _WorkerShare(_IterableDataset):
+    """What one DataLoader worker iterates: its share of the loader's batches (BarLoader.batches)."""
+
+    def __init__(self, loader: BarLoader, skip: int):
+        self.loader, self.skip = loader, skip
+
+    def __iter__(self) -> Iterator[dict]:
+        import torch.utils.data as tud
+
+        info = tud.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        return self.loader.batches(self.skip, worker, workers)

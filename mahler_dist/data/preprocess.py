@@ -192,6 +192,7 @@ def _build(store: Store, folder: str, input_dir: str, files: list[tuple[str, int
     """Stages 2-4 into the build's folder, index.json last; returns the index and its bytes."""
     store.mkdir(f"{folder}/{S.PIECES_DIR}")
     store.mkdir(f"{folder}/{S.SHARDS_DIR}")
+    store.mkdir(f"{folder}/{S.LENGTHS_DIR}")
     records = _encode_all(store, folder, input_dir, files, shas, config, nworkers, cap, say)
     manifest, plans, stats = _plan(records, config)
     shardlist = _write_all(store, folder, plans, config, nworkers, say)

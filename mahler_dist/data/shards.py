@@ -8,6 +8,8 @@ loader, the generator and the tests read with them.
     ROOT/builds/<build>/manifest.jsonl          one row per input file
     ROOT/builds/<build>/shards/{split}-%06d.tar WebDataset; one sample per bar, key sample_key(piece, bar)
     ROOT/builds/<build>/shards/index.json       read_index(): shard list (wids), splits, hashes, stats, "build"
+    ROOT/builds/<build>/lengths/{split}-%06d.npy int32 [n, 2] (context rows, input rows) per sample of
+                                                that shard: what a rank plans its epoch from
     ROOT/builds/<build>/pieces/<piece>.npz      load_piece(): the whole piece (rows + notes), no pickle
 
 A build is written once and never modified; publishing a build is one small write of CURRENT
@@ -59,7 +61,7 @@ WIDS_VERSION = 1
 SPLITS = ("train", "val", "test")
 SHARD_PATTERN = "{split}-{index:06d}.tar"
 SHARD_RE = re.compile(r"^(train|val|test)-(\d{6})\.tar$")
-INPUT_DIR, SHARDS_DIR, PIECES_DIR = "input", "shards", "pieces"
+INPUT_DIR, SHARDS_DIR, PIECES_DIR, LENGTHS_DIR = "input", "shards", "pieces", "lengths"
 INDEX_NAME, MANIFEST_NAME = "index.json", "manifest.jsonl"
 BUILDS_DIR, CURRENT_NAME = "builds", "CURRENT"
 #: The build id of the layout before builds (output directly under ROOT, no CURRENT pointer).

@@ -24,7 +24,8 @@ import torch
 
 from mahler_dist.generate.generator import Generator
 from mahler_dist.generate.metrics import ReconStats
-from mahler_dist.model.batch import collate_bars, to_device
+from mahler_dist.data.collate import collate_bars
+from mahler_dist.model.batch import to_device
 from mahler_dist.model.loss import ACTIVE_UNIT_THRESHOLD, compute_loss
 from mahler_dist.train.metric_window import MetricWindow, means_of
 

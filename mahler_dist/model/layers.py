@@ -17,6 +17,21 @@ from torch import nn
 from torch.nn import functional as F
 
 
+class FP32LSTM(nn.LSTM):
+    """An LSTM that runs in fp32 (TF32 on a GPU that allows it) under autocast: autocast's
+    cuDNN RNN path has cast RNNs to fp16 in some PyTorch versions, whatever dtype autocast was
+    asked for, and an LSTM's recurrent state accumulates rounding over a bar's rows. The rest of
+    the model (the linear layers and heads) still runs in bf16 under autocast.
+    bench/gpu_check.py reports the dtype the LSTMs ran in."""
+
+    def forward(self, x, hx=None):
+        if torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                hx = None if hx is None else tuple(h.float() for h in hx)
+                return super().forward(x.float(), hx)
+        return super().forward(x, hx)
+
+
 def tf_lstm(input_size: int, hidden: int, layers: int, dropout: float) -> nn.LSTM:
     """A batch-first stacked LSTM with LSTMBlockCell's parameters.
 
@@ -25,8 +40,8 @@ def tf_lstm(input_size: int, hidden: int, layers: int, dropout: float) -> nn.LST
     original exactly (reference 3: 23.0 M). `dropout` acts between layers; the caller drops
     the top layer's output when it is used.
     """
-    lstm = nn.LSTM(input_size, hidden, layers, batch_first=True,
-                   dropout=dropout if layers > 1 else 0.0)
+    lstm = FP32LSTM(input_size, hidden, layers, batch_first=True,
+                    dropout=dropout if layers > 1 else 0.0)
     for layer in range(layers):
         w_ih, w_hh = getattr(lstm, f"weight_ih_l{layer}"), getattr(lstm, f"weight_hh_l{layer}")
         b_ih, b_hh = getattr(lstm, f"bias_ih_l{layer}"), getattr(lstm, f"bias_hh_l{layer}")

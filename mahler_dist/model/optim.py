@@ -36,10 +36,18 @@ class TFRMSprop(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        """`self.found_inf` (a 0-dim tensor, set by the caller as GradScaler sets it on fused
+        Adam): where it is nonzero the step changes nothing - decided on the device, no host sync."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        found = getattr(self, "found_inf", None)
+        keep = None if found is None else found.bool()
+
+        def commit(t: torch.Tensor, new: torch.Tensor) -> None:
+            t.copy_(new if keep is None else torch.where(keep, t, new))
+
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -54,14 +62,14 @@ class TFRMSprop(torch.optim.Optimizer):
                     if group["momentum"]:
                         state["mom"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 ms = state["ms"]
-                ms.mul_(group["rho"]).addcmul_(grad, grad, value=1.0 - group["rho"])
+                commit(ms, ms.mul(group["rho"]).addcmul_(grad, grad, value=1.0 - group["rho"]))
                 denom = ms.add(group["eps"]).sqrt_()
                 if group["momentum"]:
                     mom = state["mom"]
-                    mom.mul_(group["momentum"]).addcdiv_(grad, denom, value=group["lr"])
-                    p.sub_(mom)
+                    commit(mom, mom.mul(group["momentum"]).addcdiv_(grad, denom, value=group["lr"]))
+                    commit(p, p.sub(mom))
                 else:
-                    p.addcdiv_(grad, denom, value=-group["lr"])
+                    commit(p, p.addcdiv(grad, denom, value=-group["lr"]))
         return loss
 
 
@@ -84,8 +92,9 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     if cfg.optimizer == "rmsprop":
         return TFRMSprop(groups, lr=cfg.lr)
     if cfg.optimizer == "adam":
-        # TF's Adam defaults equal PyTorch's (betas 0.9/0.999, eps 1e-8).
-        return torch.optim.Adam(groups, lr=cfg.lr)
+        # TF's Adam defaults equal PyTorch's (betas 0.9/0.999, eps 1e-8). Fused: one kernel per
+        # step on a GPU, and it takes `found_inf`, so a non-finite step is skipped on the device
+        return torch.optim.Adam(groups, lr=cfg.lr, fused=True)
     raise ValueError(f"train.optimizer: unknown optimiser {cfg.optimizer!r}")
 
 
@@ -103,3 +112,11 @@ def clip_gradients(model: nn.Module, cfg: TrainConfig) -> torch.Tensor:
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None],
                                        cfg.grad_clip_norm)
     return norm
+
+
+def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
+    """Does `optimizer.step()` honour `optimizer.found_inf` (skip without a host sync)? Fused Adam
+    and TFRMSprop do; an Adam restored from a checkpoint of an unfused one does not."""
+    if isinstance(optimizer, TFRMSprop):
+        return True
+    return isinstance(optimizer, torch.optim.Adam) and all(g.get("fused") for g in optimizer.param_groups)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,10 @@ from mahler_dist.data.loader import BarLoader, PlanOptions
 from mahler_dist.model.batch import to_device
 from mahler_dist.model.cvae import MahlerNet
 from mahler_dist.model.loss import compute_loss
-from mahler_dist.model.optim import build_optimizer, clip_gradients
+from mahler_dist.model.optim import build_optimizer
 from mahler_dist.model.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from mahler_dist.train.metric_window import MetricWindow
+from mahler_dist.train.step import NonFiniteGuard, train_step
 
 STOP_ACTOR_NAMESPACE = "mahler-dist"
 
@@ -147,7 +149,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
     observers = list(loop_config.get("observers") or ())   # e.g. tests recording what each step saw
-    use_bf16 = device.type == "cuda"
+    precision = config.train.precision
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
 
     def autocast():
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
@@ -160,7 +163,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         # the architecture is the checkpoint's (the driver has refused a config that differs)
         config.model = config_from_dict(state["config"], "the checkpoint's config").model
     tc = config.train
-    train_loader, val_loader = _loaders(loop_config, config, rank, world)
+    train_loader, val_loader = _loaders(loop_config, config, rank, world, pin_memory=device.type == "cuda")
+    guard = NonFiniteGuard(tc.max_nonfinite_steps, device)
 
     torch.manual_seed(tc.seed)                      # identical initial weights on every rank
     model = ray.train.torch.prepare_model(MahlerNet(config.model))
@@ -197,27 +201,30 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     for epoch in range(epoch, tc.epochs):
         train_loader.set_epoch(epoch)
         window, epoch_window = MetricWindow(), MetricWindow()
-        for batch in train_loader:
+        batches, waited = iter(train_loader), 0.0
+        while True:
+            started = time.perf_counter()
+            batch = next(batches, None)          # the time the step waits for data
+            waited += time.perf_counter() - started
+            if batch is None:
+                break
             torch.manual_seed(step_seed(tc.seed, step, rank))
             keys = batch.pop("keys")
-            batch = to_device(batch, device)
-            with autocast():
-                out = model(batch)
-                loss, metrics = compute_loss(out, batch, config.loss, step)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            metrics["grad_norm"] = clip_gradients(raw_model, tc)
-            optimizer.step()
+            batch = to_device(batch, device, non_blocking=train_loader.pin_memory)
+            metrics, finite = train_step(model, raw_model, batch, optimizer, config, step, autocast(), guard)
             scheduler.step()
             step += 1
             metrics["lr"] = scheduler.get_last_lr()[0]
-            window.add(metrics)
-            epoch_window.add(metrics)
+            window.add(metrics, valid=finite)
+            epoch_window.add(metrics, valid=finite)
             for observer in observers:
                 observer.after_step(rank=rank, epoch=epoch, step=step, keys=keys, metrics=metrics)
             if step % tc.log_every_steps == 0:
-                ray.train.report({"kind": "step", "step": step, "epoch": epoch, **window.reduce()})
-                window = MetricWindow()
+                seconds = time.perf_counter() - window.started
+                row = {"kind": "step", "step": step, "epoch": epoch, **window.reduce(),
+                       "skipped_steps": guard.check(step), "data_wait_frac": waited / max(seconds, 1e-9)}
+                ray.train.report(row)
+                window, waited = MetricWindow(), 0.0
             left = len(train_loader) - train_loader.batches_done
             if tc.checkpoint_every_steps and step % tc.checkpoint_every_steps == 0 and left > 0:
                 # mid-epoch: no validation score (NaN ranks below every epoch checkpoint in Ray's
@@ -259,12 +266,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             break
 
 
-def _loaders(loop_config: dict, config: Config, rank: int, world: int) -> tuple[BarLoader, BarLoader | None]:
+def _loaders(loop_config: dict, config: Config, rank: int, world: int,
+             pin_memory: bool) -> tuple[BarLoader, BarLoader | None]:
     tc = config.train
     plan = dict(world_size=world, batch_size=max(1, tc.batch_size // world), max_batch_rows=tc.max_batch_rows,
                 max_rows_per_bar=config.data.max_rows_per_bar, shuffle_window=tc.shuffle_window, seed=tc.seed)
     train_loader = BarLoader(loop_config["train_urls"], rank=rank, options=PlanOptions(**plan),
-                             transpose=tc.transpose_semitones)
+                             transpose=tc.transpose_semitones, workers=tc.loader_workers,
+                             prefetch=tc.prefetch_batches, pin_memory=pin_memory)
     val_loader = (BarLoader(loop_config["val_urls"], rank=rank, options=PlanOptions(**plan, shuffle=False))
                   if loop_config.get("val_urls") else None)
     return train_loader, val_loader

@@ -33,10 +33,16 @@ class MetricWindow:
     def _acc(self, key: str, value: torch.Tensor) -> None:
         self.sums[key] = self.sums[key] + value if key in self.sums else value
 
-    def add(self, metrics: dict[str, torch.Tensor | float]) -> None:
-        """One batch's metrics, as compute_loss returns them (with its bars/rows/notes counts)."""
+    def add(self, metrics: dict[str, torch.Tensor | float], valid: torch.Tensor | None = None) -> None:
+        """One batch's metrics, as compute_loss returns them (with its bars/rows/notes counts).
+        `valid` (a 0-dim bool tensor): a step that was skipped for a non-finite loss or gradient
+        counts as no batch at all - decided on the device, so adding never syncs with the host."""
         device = metrics["rows"].device if torch.is_tensor(metrics["rows"]) else None
         as_t = lambda v: torch.as_tensor(v, dtype=torch.float64, device=device).detach()  # noqa: E731
+        if valid is not None:   # where, not a product: 0 x NaN is NaN
+            keep = valid.to(device)
+            as_plain = as_t
+            as_t = lambda v: torch.where(keep, as_plain(v), 0.0)  # noqa: E731
         weights = {c: as_t(metrics[c]) for c in COUNTS}
         weights[STEPS] = as_t(1.0)
         for c, w in weights.items():

@@ -17,7 +17,7 @@ from mahler_dist.cli import main
 from mahler_dist.config import DataConfig, load_config, resolve_config_path, save_config
 from mahler_dist.data.loader import read_samples
 from mahler_dist.data.shards import shard_urls
-from mahler_dist.model.batch import collate_bars
+from mahler_dist.data.collate import collate_bars
 from mahler_dist.model.checkpoint import save_checkpoint
 from mahler_dist.model.cvae import MahlerNet
 from mahler_dist.model.loss import compute_loss

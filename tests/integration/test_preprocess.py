@@ -111,7 +111,7 @@ def test_manifest_has_one_row_per_file_and_every_corrupt_file_rejected_or_repair
     build = _build(root)
     assert all((build / "pieces" / f"{m['piece']}.npz").is_file() for m in ok)
     assert len(list((build / "pieces").iterdir())) == len(ok)
-    assert sorted(p.name for p in build.iterdir()) == ["manifest.jsonl", "pieces", "shards"]
+    assert sorted(p.name for p in build.iterdir()) == ["lengths", "manifest.jsonl", "pieces", "shards"]
     assert _top(root) == ["CURRENT", f"builds/{build.name}"] and summary.build == build.name
     text = str(summary)
     assert "rejected" in text and "files/s" in text and "train" in text

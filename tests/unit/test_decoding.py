@@ -66,7 +66,7 @@ def looping():
 def mahler_trained(midi_dir):
     """A tiny model trained briefly (40 steps, ~15 s) on 256 bars of Mahler's 5th: it has learned
     that chords are common, not yet where they end, the case the issue reports."""
-    from mahler_dist.model.batch import collate_bars
+    from mahler_dist.data.collate import collate_bars
     from mahler_dist.model.loss import compute_loss
     from mahler_dist.model.optim import build_optimizer, clip_gradients
     from mahler_dist.music.encode import encode_file

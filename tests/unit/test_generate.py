@@ -24,7 +24,7 @@ from mahler_dist.errors import MahlerError
 from mahler_dist.generate import Generator, SampleRequest, Temperatures, parse_metre, rows_to_midi_bytes
 from mahler_dist.generate.runs import resolve_checkpoint, run_dir
 from mahler_dist.generate.sampler import end_classes, metre_tables
-from mahler_dist.model.batch import collate_bars
+from mahler_dist.data.collate import collate_bars
 from mahler_dist.model.checkpoint import save_checkpoint
 from mahler_dist.model.cvae import MahlerNet
 from mahler_dist.model.loss import compute_loss

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from mahler_dist.config import LossConfig
-from mahler_dist.model.batch import collate_bars
+from mahler_dist.data.collate import collate_bars
 from mahler_dist.model.cvae import ModelOutput
 from mahler_dist.model.loss import active_units, compute_loss, gaussian_kl, kl_weight
 from mahler_dist.music import vocab as V

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mahler_dist.config import load_config, resolve_config_path
-from mahler_dist.model.batch import collate_bars
+from mahler_dist.data.collate import collate_bars
 from mahler_dist.model.cvae import MahlerNet
 from mahler_dist.model.loss import compute_loss
 from mahler_dist.model.synthetic import random_piece

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from mahler_dist.config import ModelConfig, load_config, resolve_config_path
-from mahler_dist.model.batch import collate_bars
+from mahler_dist.data.collate import collate_bars
 from mahler_dist.model.cvae import MahlerNet
 from mahler_dist.model.features import FeatureSpec, unpack_active
 from mahler_dist.model.loss import compute_loss
