@@ -18,7 +18,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 
 from mahler_dist.errors import ConfigError
 
@@ -215,6 +214,8 @@ class Config:
         return dataclasses.asdict(self)
 
     def to_yaml(self) -> str:
+        import yaml   # imported where YAML is read or written: the model runs without PyYAML
+
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def digest(self) -> str:
@@ -358,6 +359,8 @@ def load_config(path: str | Path | None) -> Config:
         text = path.read_text()
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+    import yaml
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

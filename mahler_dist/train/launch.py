@@ -147,11 +147,14 @@ def record_data(config: Config, run_dir: Path, root: Path, index: dict) -> Confi
 
 
 def train(name: str, root: str | Path, config: str | None = None, *, workers: int = 1, gpus: bool = False,
-          epochs: int | None = None, restart: bool = False, yes: bool = False, max_failures: int = 3,
+          cpus_per_worker: float | None = None, epochs: int | None = None, restart: bool = False,
+          yes: bool = False, max_failures: int = 3,
           placement: str = "PACK", observers: Sequence = (), address: str | None = None) -> TrainSummary:
     """Train or resume run NAME. `observers` go to every worker (see train/loop.py): tests use
     them to record the bars each step saw or to kill a worker at a given step."""
     check_run_name(name)
+    if cpus_per_worker is not None and not cpus_per_worker > 0:
+        raise MahlerError(f"--cpus-per-worker must be > 0, got {cpus_per_worker}")
     root = local_root(root, "training")
     run_dir = root / "runs" / name
     if restart and run_dir.exists():
@@ -168,17 +171,19 @@ def train(name: str, root: str | Path, config: str | None = None, *, workers: in
     if not val_urls:
         print(f"note: build {index['build']} has no validation split; the best checkpoint is chosen by "
               "training loss (preprocess with data.val_fraction > 0 to validate)")
+    # the training process and its loader processes: a GPU worker starved of CPUs starves its GPU
+    cpus = float(cpus_per_worker) if cpus_per_worker is not None else 1.0 + cfg.train.loader_workers
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
 
     with ray_runtime(address, configure_logging=False, log_to_driver=True):
-        return _train_on_ray(name, run_dir, root, cfg, train_urls, val_urls, workers=workers, gpus=gpus,
+        return _train_on_ray(name, run_dir, root, cfg, train_urls, val_urls, workers=workers, gpus=gpus, cpus=cpus,
                              max_failures=max_failures, placement=placement, observers=list(observers),
                              build=index["build"])
 
 
 def _train_on_ray(name: str, run_dir: Path, root: Path, cfg: Config, train_urls: list[str],
-                  val_urls: list[str], *, workers: int, gpus: bool, max_failures: int, placement: str,
+                  val_urls: list[str], *, workers: int, gpus: bool, cpus: float, max_failures: int, placement: str,
                   observers: list, build: str) -> TrainSummary:
     stop_name = f"stop-{name}-{time.time_ns()}"
     stop_flag = StopFlag.options(name=stop_name, namespace=STOP_ACTOR_NAMESPACE).remote()
@@ -187,7 +192,7 @@ def _train_on_ray(name: str, run_dir: Path, root: Path, cfg: Config, train_urls:
         train_loop_config={"config": cfg.to_dict(), "train_urls": train_urls, "val_urls": val_urls,
                            "stop_actor": stop_name, "observers": observers,
                            "piano_roll_dir": str(run_dir / "piano_rolls")},
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus, resources_per_worker={"CPU": 1},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus, resources_per_worker={"CPU": cpus},
                                      placement_strategy=placement),
         run_config=RunConfig(
             name=name, storage_path=str(root / "runs"),
