@@ -93,11 +93,15 @@ class BeforeLoader(L.BarLoader):
                 yield batch
 
 
-def one_epoch(loader) -> tuple[float, int, int]:
+def one_epoch(loader, step_ms: float = 0.0) -> tuple[float, int, int]:
+    """`step_ms`: the consumer waits this long per batch, as a training process does while its
+    GPU runs the step (the host is free then: loader processes fill that time)."""
     start, bars, rows = time.perf_counter(), 0, 0
     for batch in loader:
         bars += len(batch["keys"])
         rows += int(batch["inp_len"].sum())
+        if step_ms:
+            time.sleep(step_ms / 1e3)
     return time.perf_counter() - start, bars, rows
 
 
@@ -118,6 +122,8 @@ def main() -> None:
     ap.add_argument("--shards", type=int, default=4, help="training shards per epoch")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--transpose", type=int, default=0, help="train.transpose_semitones")
+    ap.add_argument("--step-ms", type=float, default=5.0,
+                    help="also run each loader under a consumer that waits this long per batch (a GPU step); 0: not")
     args = ap.parse_args()
     torch.set_num_threads(1)
     root = Path(args.root) if args.root else make_root()
@@ -139,6 +145,7 @@ def main() -> None:
                                                                transpose=args.transpose, workers=w))
     order = list(configs)
     best: dict[str, tuple[float, int, int]] = {}
+    stepped: dict[str, float] = {}
     for r in range(args.rounds):
         for name in order if r % 2 == 0 else order[::-1]:
             loader = configs[name]()
@@ -146,14 +153,23 @@ def main() -> None:
             seconds, bars, rows = one_epoch(loader)
             if name not in best or seconds < best[name][0]:
                 best[name] = (seconds, bars, rows)
-            print(f"  round {r + 1} {name:<16} {bars / seconds:>9,.0f} bars/s", flush=True)
+            line = f"  round {r + 1} {name:<16} {bars / seconds:>9,.0f} bars/s"
+            if args.step_ms:
+                loader = configs[name]()
+                loader.set_epoch(r)
+                seconds, bars, _ = one_epoch(loader, args.step_ms)
+                stepped[name] = max(stepped.get(name, 0.0), bars / seconds)
+                line += f", {bars / seconds:>7,.0f} bars/s beside a {args.step_ms:g} ms step"
+            print(line, flush=True)
 
     base = best["before"][1] / best["before"][0]
     print(f"\n{len(urls)} training shards of {root} ({best['before'][1]:,} bars, {best['before'][2]:,} event rows "
           f"an epoch), small's batching, transpose {args.transpose}, {os.cpu_count()} CPUs, best of {args.rounds}")
-    print(f"{'loader':<18}{'bars/s':>10}{'events/s':>12}{'x before':>10}")
+    step = f"  bars/s beside a {args.step_ms:g} ms step (x before)" if args.step_ms else ""
+    print(f"{'loader':<18}{'bars/s':>10}{'events/s':>12}{'x before':>10}{step}")
     for name, (seconds, bars, rows) in best.items():
-        print(f"{name:<18}{bars / seconds:>10,.0f}{rows / seconds:>12,.0f}{bars / seconds / base:>10.2f}")
+        extra = f"{stepped[name]:>14,.0f} ({stepped[name] / stepped['before']:.2f})" if args.step_ms else ""
+        print(f"{name:<18}{bars / seconds:>10,.0f}{rows / seconds:>12,.0f}{bars / seconds / base:>10.2f}{extra}")
     print(f"planning lengths: {planned_sidecars * 1e3:,.0f} ms from {'sidecars' if has_sidecars else 'shards (no sidecars)'}, "
           f"{planned_reading * 1e3:,.0f} ms reading every shard's meta.json")
 

@@ -27,11 +27,12 @@ from mahler_dist.music.timing import CLASS_TICKS, Metre, allowed_classes, normal
 
 
 def _field(sample: Any, name: str) -> np.ndarray:
-    return np.asarray(sample[name] if isinstance(sample, Mapping) else getattr(sample, name))
+    # a plain dict first: isinstance(x, Mapping) costs more than the rest of this function
+    return np.asarray(sample[name] if type(sample) is dict or isinstance(sample, Mapping) else getattr(sample, name))
 
 
 def _optional(sample: Any, name: str) -> Any:
-    return sample.get(name) if isinstance(sample, Mapping) else getattr(sample, name, None)
+    return sample.get(name) if type(sample) is dict or isinstance(sample, Mapping) else getattr(sample, name, None)
 
 
 def pad_stack(arrays: Sequence[np.ndarray], lengths: np.ndarray, fill: int, dtype) -> np.ndarray:

@@ -352,8 +352,9 @@ class BarLoader:
         else:
             import torch.utils.data as tud
 
-            stream = iter(tud.DataLoader(_WorkerShare(self, skip), batch_size=None, num_workers=self.workers,
-                                         prefetch_factor=self.prefetch, pin_memory=self.pin_memory))
+            shared = tud.DataLoader(_WorkerShare(self, skip), batch_size=None, num_workers=self.workers,
+                                    prefetch_factor=self.prefetch)
+            stream = (unpack_batch(b, self.pin_memory) for b in shared)
         for batch in stream:
             self.batches_done += 1
             yield batch
@@ -414,4 +415,35 @@ class _WorkerShare(_IterableDataset):
 
         info = tud.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        return self.loader.batches(self.skip, worker, workers)
+        return map(pack_batch, self.loader.batches(self.skip, worker, workers))
+
+
+# Batches cross from a worker process as bytes, not tensors: torch moves each tensor through its
+# own shared-memory segment, 4.2 ms per 64-bar batch here against 0.6 ms for the same arrays as
+# bytes through the pipe (bench/loader.py). Rows travel as int8 (their compact layout, 1/8 of
+# the bytes) and are widened to int64 on arrival.
+_COMPACT = {"ctx_rows": np.int8, "inp_rows": np.int8}
+
+
+def pack_batch(batch: dict) -> dict:
+    arrays = {}
+    for name, value in batch.items():
+        if name == "keys":
+            continue
+        a = value.numpy()
+        a = a.astype(_COMPACT[name]) if name in _COMPACT else a
+        arrays[name] = (a.dtype.str, a.shape, a.tobytes())
+    return {"keys": batch["keys"], "arrays": arrays}
+
+
+def unpack_batch(packed: dict, pin_memory: bool = False) -> dict:
+    import torch
+
+    out: dict = {}
+    for name, (dtype, shape, data) in packed["arrays"].items():
+        a = np.frombuffer(data, dtype=dtype).reshape(shape)
+        a = a.astype(np.int64) if name in _COMPACT else a.copy()   # writable, owned arrays
+        t = torch.from_numpy(a)
+        out[name] = t.pin_memory() if pin_memory else t
+    out["keys"] = list(packed["keys"])
+    return out

@@ -35,3 +35,13 @@ def test_evaluate_refuses_an_object_store_root_by_name(args, tmp_path, monkeypat
     with pytest.raises(MahlerError, match=r"(s3|gs)://bucket/\S+: evaluation"):
         evaluate("run", root, pieces=pieces, progress=False)
     assert os.listdir(tmp_path) in ([], ["r"])    # nothing named "s3:" or "gs:" was made
+
+
+@pytest.mark.parametrize("cpus", [0, -1.5])
+def test_cpus_per_worker_is_checked_before_anything_is_made(cpus, tmp_path):
+    pytest.importorskip("ray")
+    from mahler_dist.train.launch import train
+
+    with pytest.raises(MahlerError, match=r"--cpus-per-worker must be > 0"):
+        train("run", tmp_path / "root", "tiny", cpus_per_worker=cpus)
+    assert not (tmp_path / "root").exists()
