@@ -113,7 +113,7 @@ class PreprocessSummary:
                  f"  repairs: {self.repaired} files read after a repair (see 'repairs' in {S.MANIFEST_NAME})",
                  f"  samples: {splits} (train / val / test) in {shards} shards",
                  f"  output:  build {self.build} ({S.join(self.root, S.CURRENT_NAME)} -> "
-                 f"{S.BUILDS_DIR}/{self.build}/: {S.SHARDS_DIR}/, {S.PIECES_DIR}/, {S.MANIFEST_NAME})"]
+                 f"{S.BUILDS_DIR}/{self.build}/: {S.SHARDS_DIR}/, {S.LENGTHS_DIR}/, {S.PIECES_DIR}/, {S.MANIFEST_NAME})"]
         if self.internal_errors:
             lines.append(f"  WARNING: {self.internal_errors} files hit an internal error (a bug in the "
                          f"representation code): see 'internal error' rows in {S.MANIFEST_NAME}")
@@ -127,7 +127,7 @@ class PreprocessSummary:
 def preprocess(root: str | os.PathLike, data_config: DataConfig | None = None, *, workers: int | None = None,
                force: bool = False, progress: bool = True, wait_s: float = 0.0,
                address: str | None = None) -> PreprocessSummary:
-    """ROOT/input/**.mid|.midi -> ROOT/builds/<build>/{manifest.jsonl, shards/, pieces/}, published
+    """ROOT/input/**.mid|.midi -> ROOT/builds/<build>/{manifest.jsonl, shards/, lengths/, pieces/}, published
     by ROOT/CURRENT (see the module docstring and publish.py).
 
     `workers` caps the parallel encode/write tasks (default: every CPU of the cluster). Does nothing

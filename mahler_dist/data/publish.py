@@ -1,6 +1,6 @@
 """Builds, the CURRENT pointer and the ROOT lock: how preprocessing publishes safely under concurrency.
 
-    ROOT/builds/<build>/{shards/, pieces/, manifest.jsonl}   written once, never modified
+    ROOT/builds/<build>/{shards/, lengths/, pieces/, manifest.jsonl}   written once, never modified
     ROOT/CURRENT      {"build", "created", "index_sha256", "config_hash", "input_hash",
                        "encoder_hash", "previous": [older kept builds, newest first]}
     ROOT/.lock        {"owner", "host", "pid", "started", "heartbeat", "build"}
