@@ -11,8 +11,9 @@ For `small` and `mahlernet`, each in bf16 autocast and in fp32, it trains --step
 real bars with the project's own step (train/step.py: loss, clipping, non-finite skip) and
 batching (data/loader.py's plan, data/collate.py), timed between device synchronisations after
 a warm-up: events/s, bars/s, peak memory, the dtype the LSTMs ran in, steps skipped as
-non-finite. Then generation: ms per bar at batch 1 and bars/s at batch 64, and a one-GPU NCCL
-all-reduce (gloo on a CPU). One JSON with everything, written to --out (default: $OUT/
+non-finite, and the host syncs per step that torch.cuda.set_sync_debug_mode reports (goal 0).
+Then generation: ms per bar at batch 1 and bars/s at batch 64, and a one-GPU NCCL all-reduce
+(gloo on a CPU). One JSON with everything, written to --out (default: $OUT/
 gpu_check.json when $OUT is set, else next to this file); under 6 minutes on an H100-class GPU.
 """
 
@@ -125,6 +126,17 @@ def train_check(preset: str, config, batches: list[dict], device: torch.device, 
 
     run(warmup, 0)
     _sync(device)
+    syncs = None
+    if device.type == "cuda":   # what forces the host to wait for the GPU inside a step
+        import warnings
+
+        torch.cuda.set_sync_debug_mode("warn")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run(3, warmup)
+        torch.cuda.set_sync_debug_mode(0)
+        syncs = {"per_step": len(caught) / 3, "where": sorted({str(w.message)[:160] for w in caught})[:5]}
+        _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
@@ -136,7 +148,7 @@ def train_check(preset: str, config, batches: list[dict], device: torch.device, 
     return {"preset": preset, "precision": "bf16" if bf16 else "fp32", "steps": steps, "seconds": seconds,
             "events_per_s": rows / seconds, "bars_per_s": bars / seconds, "step_ms": 1e3 * seconds / steps,
             "peak_memory_mb": (torch.cuda.max_memory_allocated(device) / 2**20) if device.type == "cuda" else None,
-            "lstm_dtype": sorted(lstm_dtypes), "skipped_nonfinite": skipped,
+            "lstm_dtype": sorted(lstm_dtypes), "skipped_nonfinite": skipped, "host_syncs": syncs,
             "final_loss": float(last), "nan_free": skipped == 0 and bool(np.isfinite(float(last))),
             "parameters": sum(p.numel() for p in model.parameters())}, model
 

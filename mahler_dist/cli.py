@@ -42,7 +42,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from mahler_dist.train.launch import train
 
     summary = train(args.name, args.root, args.config, workers=args.workers, gpus=args.gpus,
-                    cpus_per_worker=args.cpus_per_worker, epochs=args.epochs, restart=args.restart, yes=args.yes, max_failures=args.max_failures,
+                    cpus_per_worker=args.cpus_per_worker, loader_workers=args.loader_workers,
+                    epochs=args.epochs, restart=args.restart, yes=args.yes, max_failures=args.max_failures,
                     placement="SPREAD" if args.spread else "PACK", address=args.address)
     print(summary)
     return 0
@@ -138,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="YAML file or preset (tiny, small, mahlernet); new runs only")
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP ranks)")
     p.add_argument("--gpus", action="store_true", help="one GPU per worker, NCCL, bf16 autocast")
+    p.add_argument("--loader-workers", type=int, default=None,
+                   help="processes building batches beside each worker (train.loader_workers; a resumed run may change it)")
     p.add_argument("--cpus-per-worker", type=float, default=None,
                    help="CPUs Ray reserves per worker (default: 1 + train.loader_workers, for its loader processes)")
     p.add_argument("--epochs", type=int, default=None, help="train until this many epochs in total")

@@ -43,6 +43,7 @@ COUNTS = ("bars", "rows", "notes")
 METRIC_UNIT = {**{f"{m}_{s}": "rows" for m in ("loss", "acc", "dist") for s in ("o", "d")},
                **{f"{m}_{s}": "notes" for m in ("loss", "acc", "dist") for s in ("p", "i")},
                "loss_end": "bars", "acc_end": "bars", "kl_loss": "bars", "kl_nats": "bars", "kl_bits": "bars"}
+IGNORE = -100   # F.cross_entropy's ignore_index for rows outside a term's mask
 RECON_TERMS = ("loss_o", "loss_d", "loss_p", "loss_i", "loss_end")
 KL_TERM = "kl_loss"
 
@@ -77,19 +78,22 @@ def compute_loss(out: ModelOutput, batch: Batch, cfg: LossConfig, step: int
     recon = torch.zeros((), device=real.device)
     for name in PROPERTIES:
         mask = real if name in ("offset", "duration") else notes
-        logits = getattr(out, name)[mask]                              # [N, C]
-        target = batch["inp_rows"][..., COLUMN[name]][mask]            # [N]
+        logits = getattr(out, name)                                    # [B, T, C]
+        target = batch["inp_rows"][..., COLUMN[name]]                  # [B, T]
+        # masked by ignore_index and products, never by boolean indexing: its result's size would
+        # have to come back to the host, a sync every step on a GPU
+        n = mask.sum().clamp(min=1)
+        picked = torch.where(mask, target, IGNORE)
         # A batch of pause rows only has no pitch targets: the term is 0, not NaN.
-        ce = F.cross_entropy(logits, target, reduction="sum") / mask.sum().clamp(min=1)
+        ce = F.cross_entropy(logits.flatten(0, 1), picked.flatten(), ignore_index=IGNORE, reduction="sum") / n
         recon = recon + ce
         s = SHORT[name]
         metrics[f"loss_{s}"] = ce.detach()
         with torch.no_grad():
             guess = logits.argmax(-1)
-            n = max(len(target), 1)
-            metrics[f"acc_{s}"] = (guess == target).sum() / n
+            metrics[f"acc_{s}"] = ((guess == target) & mask).sum() / n
             if name in DISTANCE_PROPERTIES:
-                metrics[f"dist_{s}"] = (guess - target).abs().sum() / n
+                metrics[f"dist_{s}"] = ((guess - target).abs() * mask).sum() / n
     if out.end is not None and "inp_end" in batch:
         # END of bar: one more offset decision per bar (its own term, so acc_o stays per row)
         ce_end = F.cross_entropy(out.end, batch["inp_end"])
@@ -108,9 +112,9 @@ def compute_loss(out: ModelOutput, batch: Batch, cfg: LossConfig, step: int
         with torch.no_grad():
             nats = kl_dims.sum(-1).mean()
             metrics.update(kl_loss=(beta * kl).detach(), kl_nats=nats, kl_bits=nats / math.log(2),
-                           beta=torch.tensor(beta, device=kl.device), active_units=active_units(out.mu))
+                           beta=kl.new_full((), beta), active_units=active_units(out.mu))
     metrics["loss"] = total.detach()
-    metrics.update(bars=batch["inp_len"].new_tensor(len(batch["inp_len"])),
+    metrics.update(bars=batch["inp_len"].new_full((), len(batch["inp_len"])),
                    rows=real.sum(), notes=notes.sum())
     return total, metrics
 

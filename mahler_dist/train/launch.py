@@ -104,9 +104,11 @@ def check_architecture(config: Config, run_dir: Path) -> None:
                           "architecture: undo these edits, or start over with --restart")
 
 
-def resolve_run_config(run_dir: Path, config_arg: str | None, epochs: int | None) -> Config:
+def resolve_run_config(run_dir: Path, config_arg: str | None, epochs: int | None,
+                       loader_workers: int | None = None) -> Config:
     """A new run takes --config; a resumed run keeps its saved config.yaml (where a user may edit
-    training keys, not the architecture: check_architecture), with only --epochs applied on top."""
+    training keys, not the architecture: check_architecture), with only --epochs and
+    --loader-workers (how this machine feeds its GPU, not what is trained) applied on top."""
     saved = run_dir / "config.yaml"
     if saved.exists():
         config = load_config(saved)
@@ -122,6 +124,10 @@ def resolve_run_config(run_dir: Path, config_arg: str | None, epochs: int | None
         if epochs <= 0:
             raise ConfigError(f"--epochs must be > 0, got {epochs}")
         config.train.epochs = epochs
+    if loader_workers is not None:
+        if loader_workers < 0:
+            raise ConfigError(f"--loader-workers must be >= 0, got {loader_workers}")
+        config.train.loader_workers = loader_workers
     return config
 
 
@@ -147,7 +153,8 @@ def record_data(config: Config, run_dir: Path, root: Path, index: dict) -> Confi
 
 
 def train(name: str, root: str | Path, config: str | None = None, *, workers: int = 1, gpus: bool = False,
-          cpus_per_worker: float | None = None, epochs: int | None = None, restart: bool = False,
+          cpus_per_worker: float | None = None, loader_workers: int | None = None,
+          epochs: int | None = None, restart: bool = False,
           yes: bool = False, max_failures: int = 3,
           placement: str = "PACK", observers: Sequence = (), address: str | None = None) -> TrainSummary:
     """Train or resume run NAME. `observers` go to every worker (see train/loop.py): tests use
@@ -165,7 +172,7 @@ def train(name: str, root: str | Path, config: str | None = None, *, workers: in
     train_urls, val_urls = split_urls(root, "train", index), split_urls(root, "val", index)
     if not train_urls:
         raise MahlerError(f"{root}: build {index['build']} has no training shards")
-    cfg = resolve_run_config(run_dir, config, epochs)
+    cfg = resolve_run_config(run_dir, config, epochs, loader_workers)
     check_architecture(cfg, run_dir)
     cfg = record_data(cfg, run_dir, root, index)
     if not val_urls:

@@ -214,15 +214,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             metrics, finite = train_step(model, raw_model, batch, optimizer, config, step, autocast(), guard)
             scheduler.step()
             step += 1
-            metrics["lr"] = scheduler.get_last_lr()[0]
             window.add(metrics, valid=finite)
             epoch_window.add(metrics, valid=finite)
             for observer in observers:
                 observer.after_step(rank=rank, epoch=epoch, step=step, keys=keys, metrics=metrics)
             if step % tc.log_every_steps == 0:
                 seconds = time.perf_counter() - window.started
+                # lr is the host's schedule: reported as it stands, not summed on the device
                 row = {"kind": "step", "step": step, "epoch": epoch, **window.reduce(),
-                       "skipped_steps": guard.check(step), "data_wait_frac": waited / max(seconds, 1e-9)}
+                       "lr": scheduler.get_last_lr()[0], "skipped_steps": guard.check(step),
+                       "data_wait_frac": waited / max(seconds, 1e-9)}
                 ray.train.report(row)
                 window, waited = MetricWindow(), 0.0
             left = len(train_loader) - train_loader.batches_done
@@ -233,7 +234,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                       "epoch_progress": train_loader.batches_done / len(train_loader)},
                      f"checkpoint_step{step:08d}")
 
-        train_metrics = epoch_window.reduce()
+        train_metrics = {**epoch_window.reduce(), "lr": scheduler.get_last_lr()[0]}
         val_metrics = validate(model, val_loader, config, step, device, autocast)
         # with no validation split, the best checkpoint is the one with the lowest training loss;
         # the row says so (score_on) and the driver's summary repeats it

@@ -44,7 +44,9 @@ class MetricWindow:
             as_plain = as_t
             as_t = lambda v: torch.where(keep, as_plain(v), 0.0)  # noqa: E731
         weights = {c: as_t(metrics[c]) for c in COUNTS}
-        weights[STEPS] = as_t(1.0)
+        # a step's weight made from a device tensor: torch.as_tensor(1.0, device=cuda) would be a
+        # host-to-device copy every step
+        weights[STEPS] = torch.ones_like(weights["rows"]) if valid is None else as_t(weights["rows"].new_ones(()))
         for c, w in weights.items():
             self._acc(f"n:{c}", w)
         for k, v in metrics.items():

@@ -45,3 +45,18 @@ def test_cpus_per_worker_is_checked_before_anything_is_made(cpus, tmp_path):
     with pytest.raises(MahlerError, match=r"--cpus-per-worker must be > 0"):
         train("run", tmp_path / "root", "tiny", cpus_per_worker=cpus)
     assert not (tmp_path / "root").exists()
+
+
+def test_loader_workers_apply_to_a_resumed_run_and_are_checked(tmp_path):
+    pytest.importorskip("ray")
+    from mahler_dist.config import load_config, resolve_config_path, save_config
+    from mahler_dist.errors import ConfigError
+    from mahler_dist.train.launch import resolve_run_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    save_config(load_config(resolve_config_path("tiny")), run / "config.yaml")
+    assert resolve_run_config(run, None, None).train.loader_workers == 0
+    assert resolve_run_config(run, None, None, loader_workers=3).train.loader_workers == 3
+    with pytest.raises(ConfigError, match="--loader-workers must be >= 0"):
+        resolve_run_config(run, None, None, loader_workers=-1)
