@@ -36,7 +36,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import sys
 import tempfile
 import threading
@@ -48,29 +47,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
+from mahler_dist.serve.probe import free_port, wait_http  # noqa: E402
+
 EXAMPLES = REPO / "examples" / "midi"
 APP_NAME = "mahler-bench"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, timeout_s: float = 120.0) -> None:
-    import requests
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if requests.get(url, timeout=5).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{url} did not answer within {timeout_s} s")
-        time.sleep(0.5)
 
 
 def build_root(tmp: Path, steps: int) -> tuple[Path, str]:
@@ -229,7 +209,7 @@ def main() -> None:
                     cfg = variants[name]
                     app = GenerationService.options(user_config=cfg).bind(str(root), model, "cpu")
                     serve.run(app, name=APP_NAME, route_prefix="/")
-                    wait_http(url + "/healthz")
+                    wait_http(url + "/healthz", timeout_s=120)
                     fire(url, args.warmup, min(args.concurrency, args.warmup), args.bars, 10**6, args.timeout)
                     before = healthz_batches(url)
                     res = fire(url, args.requests, args.concurrency, args.bars, i * args.requests, args.timeout)

@@ -9,36 +9,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import time
 from pathlib import Path
 
 import pytest
 
+from mahler_dist.serve.probe import free_port, wait_http  # noqa: F401 - the serve tests import them from here
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples" / "midi"
 SEED_PIECE = EXAMPLES / "scn15_6.mid"      # 33 bars of 3/4
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, timeout_s: float = 60.0) -> None:
-    import requests
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if requests.get(url, timeout=5).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{url} did not answer within {timeout_s} s")
-        time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,17 @@ from mahler_dist.model.loss import compute_loss
 from mahler_dist.model.optim import build_optimizer, clip_gradients
 
 
+def fit_step(model, batch, optimizer, cfg, step: int):
+    """One plain training step on one batch (tests that overfit a model): -> (loss, metrics)."""
+    model.train()
+    loss, metrics = compute_loss(model(batch), batch, cfg.loss, step)
+    optimizer.zero_grad()
+    loss.backward()
+    clip_gradients(model, cfg.train)
+    optimizer.step()
+    return loss, metrics
+
+
 def train_tiny_run(root: Path, name: str, steps: int = 30, seed: int = 0, max_bars: int = 48,
                    epochs: tuple[int, ...] = (1,)) -> Path:
     """Train `steps` steps per saved epoch on the first `max_bars` training bars; one checkpoint
@@ -36,12 +47,7 @@ def train_tiny_run(root: Path, name: str, steps: int = 30, seed: int = 0, max_ba
     for epoch in epochs:
         for _ in range(steps):
             step += 1
-            model.train()
-            loss, _ = compute_loss(model(batch), batch, cfg.loss, step)
-            optimizer.zero_grad()
-            loss.backward()
-            clip_gradients(model, cfg.train)
-            optimizer.step()
+            loss, _ = fit_step(model, batch, optimizer, cfg, step)
         d = run / f"checkpoint_epoch{epoch:04d}"
         d.mkdir()
         save_checkpoint(d, metrics={"val_score": float(loss.detach()), "epoch": epoch, "step": step, "kind": "epoch"},

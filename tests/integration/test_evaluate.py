@@ -20,8 +20,8 @@ from mahler_dist.data.shards import shard_urls
 from mahler_dist.data.collate import collate_bars
 from mahler_dist.model.checkpoint import save_checkpoint
 from mahler_dist.model.cvae import MahlerNet
-from mahler_dist.model.loss import compute_loss
-from mahler_dist.model.optim import build_optimizer, clip_gradients
+from mahler_dist.model.optim import build_optimizer
+from tiny_runs import fit_step
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -49,12 +49,7 @@ def roots(ray_session, tmp_path_factory):
     optimizer = build_optimizer(model, cfg.train)
     batch = collate_bars(samples)
     for step in range(1, 1501):
-        model.train()
-        loss, metrics = compute_loss(model(batch), batch, cfg.loss, step)
-        optimizer.zero_grad()
-        loss.backward()
-        clip_gradients(model, cfg.train)
-        optimizer.step()
+        loss, metrics = fit_step(model, batch, optimizer, cfg, step)
         if step % 50 == 0 and min(float(metrics[f"acc_{p}"]) for p in "odpi") > 0.99:
             break
     run = own / "runs" / "memo"

@@ -27,8 +27,8 @@ from mahler_dist.generate.sampler import end_classes, metre_tables
 from mahler_dist.data.collate import collate_bars
 from mahler_dist.model.checkpoint import save_checkpoint
 from mahler_dist.model.cvae import MahlerNet
-from mahler_dist.model.loss import compute_loss
-from mahler_dist.model.optim import build_optimizer, clip_gradients
+from mahler_dist.model.optim import build_optimizer
+from tiny_runs import fit_step
 from mahler_dist.music.encode import encode_bytes, encode_file
 from mahler_dist.music.timing import CLASS_TICKS
 
@@ -70,12 +70,7 @@ def trained(tmp_path_factory):
     # the END target the model trains on (music.rows) is the one the sampler stops at
     assert batch["inp_end"].tolist() == _end_targets(batch, [parse_metre(s.metre) for s in samples]).tolist()
     for step in range(1, MAX_STEPS + 1):
-        model.train()
-        loss, _ = compute_loss(model(batch), batch, cfg.loss, step)
-        optimizer.zero_grad()
-        loss.backward()
-        clip_gradients(model, cfg.train)
-        optimizer.step()
+        fit_step(model, batch, optimizer, cfg, step)
         if step >= 150 and step % 25 == 0 and _memorised(Generator(model, cfg), samples):
             break
     model.eval()
