@@ -51,6 +51,22 @@ def _wandb_runs(run_dir: Path) -> list[Path]:
     return sorted((run_dir / "wandb").glob("offline-run-*"))
 
 
+def test_loader_processes_inside_a_ray_train_worker_feed_each_bar_once(data_root, tmp_path):
+    """train.loader_workers forks DataLoader processes inside the Ray Train worker (issue 13)."""
+    from mahler_dist.train.launch import train
+
+    keys_dir = tmp_path / "keys"
+    keys_dir.mkdir()
+    summary = train("procs", data_root, "tiny", workers=1, epochs=1, loader_workers=1,
+                    observers=[KeyRecorder(keys_dir)])
+    assert summary.epochs_done == 1
+    run_dir = data_root / "runs" / "procs"
+    steps = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "step"]
+    assert steps and all(0 <= r["data_wait_frac"] <= 1 and r["skipped_steps"] == 0 for r in steps)
+    seen = [k for r in steps_of(read_records(keys_dir), 0) for k in r["keys"]]
+    assert len(seen) == len(set(seen)) and set(seen) == _train_keys(data_root)
+
+
 def test_two_workers_two_epochs_each_bar_once(data_root, tmp_path):
     from mahler_dist.train.launch import train
 
