@@ -17,7 +17,6 @@ import asyncio
 import base64
 import os
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Header, Request
@@ -26,6 +25,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from mahler_dist.data.shards import local_root
 from mahler_dist.errors import MahlerError
 from mahler_dist.generate.generator import Generator
 from mahler_dist.generate.output import corpus_programs
@@ -110,7 +110,7 @@ def _replica_device(device: str) -> str:
 @serve.ingress(app)
 class GenerationService:
     def __init__(self, root: str, default_model: str | None = None, device: str = "auto"):
-        self.root = Path(root).resolve()
+        self.root = local_root(root, "serving")
         self.catalog = ModelCatalog(self.root)
         self.catalog.refresh()
         self.default_model = canonical_id(default_model) if default_model else None
@@ -225,4 +225,5 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     root = args.get("root") or os.environ.get("MAHLER_ROOT")
     if not root:
         raise MahlerError("serve args: root is required (the preprocessed ROOT with runs/)")
-    return GenerationService.bind(str(root), args.get("model"), str(args.get("device", "auto")))
+    # refused here, by name, rather than in every replica (Path() makes s3://b/x a folder "s3:")
+    return GenerationService.bind(str(local_root(root, "serving")), args.get("model"), str(args.get("device", "auto")))
