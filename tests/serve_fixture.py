@@ -8,7 +8,6 @@ run "b" one, trained from another seed, so two models answer differently."""
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -24,14 +23,11 @@ SEED_PIECE = EXAMPLES / "scn15_6.mid"      # 33 bars of 3/4
 def serve_app(ray_session, tmp_path_factory):
     from ray import serve
 
-    from mahler_dist.config import DataConfig
-    from mahler_dist.data.preprocess import preprocess
     from mahler_dist.serve.app import build_app
-    from tiny_runs import train_tiny_run
+    from tiny_runs import preprocessed_examples, train_tiny_run
 
-    root = tmp_path_factory.mktemp("serve_root")
-    shutil.copytree(EXAMPLES, root / "input", ignore=shutil.ignore_patterns("*.md"))
-    preprocess(root, DataConfig(val_fraction=0.0, test_fraction=0.0, shard_samples=64), progress=False)
+    root = preprocessed_examples(tmp_path_factory.mktemp("serve_root"), val_fraction=0.0, test_fraction=0.0,
+                                 shard_samples=64)
     train_tiny_run(root, "a", steps=20, seed=0, epochs=(1, 2))
     train_tiny_run(root, "b", steps=20, seed=1)
     port = free_port()

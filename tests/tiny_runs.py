@@ -1,14 +1,16 @@
 """Tiny trained runs for tests that need a real checkpoint (serve, generate): the `tiny` preset
 trained in-process with the standard loss on a preprocessed ROOT's training bars, saved the way a
-Ray Train run saves it (ROOT/runs/NAME/config.yaml + checkpoint_epochNNNN/)."""
+Ray Train run saves it (ROOT/runs/NAME/config.yaml + checkpoint_epochNNNN/); and the ROOT they
+start from, the bundled corpus preprocessed for real (`preprocessed_examples`)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
 
-from mahler_dist.config import load_config, resolve_config_path, save_config
+from mahler_dist.config import DataConfig, load_config, resolve_config_path, save_config
 from mahler_dist.data.loader import read_samples
 from mahler_dist.data.shards import shard_urls
 from mahler_dist.data.collate import collate_bars
@@ -16,6 +18,19 @@ from mahler_dist.model.checkpoint import save_checkpoint
 from mahler_dist.model.cvae import MahlerNet
 from mahler_dist.model.loss import compute_loss
 from mahler_dist.model.optim import build_optimizer, clip_gradients
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "midi"
+
+
+def preprocessed_examples(root: Path, **data_config) -> Path:
+    """examples/midi copied to ROOT/input and preprocessed with real Ray Data (needs the
+    ray_session fixture) under DataConfig(**data_config). Returns ROOT."""
+    from mahler_dist.data.preprocess import preprocess
+
+    shutil.copytree(EXAMPLES, Path(root) / "input", ignore=shutil.ignore_patterns("*.md"))
+    preprocess(root, DataConfig(**data_config), progress=False)
+    return Path(root)
 
 
 def fit_step(model, batch, optimizer, cfg, step: int):

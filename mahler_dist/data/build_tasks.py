@@ -165,8 +165,7 @@ def write_shard(store, pieces_dir: str, path: str, items: list, max_rows: int) -
     which gzip folds to a few bytes per event row.
     Both webdataset and ray.data.read_webdataset open shards with tarfile mode "r|*", which
     detects the compression, as does `tar tf`."""
-    nsamples = rows = 0
-    lengths: list[tuple[int, int]] = []
+    lengths: list[tuple[int, int]] = []   # (context rows, input rows) per sample: the sidecar
     with store.fs.open_output_stream(path) as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=1) as f:
         tar = TarShardWriter(f)
         for piece, start, stop in items:
@@ -176,18 +175,11 @@ def write_shard(store, pieces_dir: str, path: str, items: list, max_rows: int) -
                 raise RuntimeError(f"{piece}: expected samples {start}..{stop}, found {len(samples)}")
             names, payloads = zip(*S.sample_members(samples, piece, meta["source"])) if samples else ((), ())
             tar.add_many(names, payloads)
-            rows += sum(len(s.inputs) for s in samples)
-            nsamples += len(samples)
             lengths += [(len(s.context), len(s.inputs)) for s in samples]
         tar.close()
-    store.write(lengths_path(path), S.npy_bytes(np.asarray(lengths, dtype=np.int32).reshape(-1, 2)))
-    return {"nsamples": nsamples, "rows": rows, "filesize": store.info(path).size}
-
-
-def lengths_path(shard_path: str) -> str:
-    """builds/<b>/lengths/<split>-NNNNNN.npy for builds/<b>/shards/<split>-NNNNNN.tar."""
-    folder, _, name = shard_path.rpartition(f"/{S.SHARDS_DIR}/")
-    return f"{folder}/{S.LENGTHS_DIR}/{name.removesuffix('.tar')}.npy"
+    lengths_array = np.asarray(lengths, dtype=np.int32).reshape(-1, 2)
+    store.write(S.lengths_path(path), S.npy_bytes(lengths_array))
+    return {"nsamples": len(lengths_array), "rows": int(lengths_array[:, 1].sum()), "filesize": store.info(path).size}
 
 
 class TarShardWriter:

@@ -41,11 +41,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from torch.utils.data import IterableDataset
 
 from mahler_dist.data.augment import transpose_sample
 from mahler_dist.data.collate import collate_bars
 from mahler_dist.data.shard_reader import decode_sample, local_path, npy_array, read_raw_samples
-from mahler_dist.data.shards import LENGTHS_DIR, SHARDS_DIR
+from mahler_dist.data.shards import lengths_path
 
 
 def _read_shard(url: str) -> list[dict]:
@@ -61,17 +62,8 @@ def read_samples(url: str) -> Iterator[dict]:
         yield decode_sample(raw)
 
 
-def lengths_url(url: str) -> str | None:
-    """Where the preprocessor put a shard's lengths sidecar: builds/<b>/lengths/<split>-NNNNNN.npy
-    beside builds/<b>/shards/ (outside shards/, so readers of the shard folder see only tars)."""
-    folder, sep, name = url.rpartition(f"/{SHARDS_DIR}/")
-    if not sep or not name.endswith(".tar"):
-        return None
-    return f"{folder}/{LENGTHS_DIR}/{name[:-len('.tar')]}.npy"
-
-
 def _sidecar_lengths(url: str) -> np.ndarray | None:
-    side = lengths_url(url)
+    side = lengths_path(url)
     path = local_path(side) if side else None
     if path is None or not os.path.exists(path):
         return None
@@ -354,8 +346,10 @@ class BarLoader:
 
             shared = tud.DataLoader(_WorkerShare(self, skip), batch_size=None, num_workers=self.workers,
                                     prefetch_factor=self.prefetch)
-            stream = (unpack_batch(b, self.pin_memory) for b in shared)
+            stream = map(unpack_batch, shared)
         for batch in stream:
+            if self.pin_memory:   # page-locked, so to_device(non_blocking=True) overlaps the step
+                batch = {k: v.pin_memory() if k != "keys" else v for k, v in batch.items()}
             self.batches_done += 1
             yield batch
         # the epoch is complete: a checkpoint taken now resumes at the next epoch
@@ -398,13 +392,7 @@ class BarLoader:
         return out
 
 
-try:
-    from torch.utils.data import IterableDataset as _IterableDataset
-except ImportError:   # pragma: no cover - torch is a dependency; keeps the plan importable without it
-    _IterableDataset = object
-
-
-class _WorkerShare(_IterableDataset):
+class _WorkerShare(IterableDataset):
     """What one DataLoader worker iterates: its share of the loader's batches (BarLoader.batches)."""
 
     def __init__(self, loader: BarLoader, skip: int):
@@ -436,14 +424,13 @@ def pack_batch(batch: dict) -> dict:
     return {"keys": batch["keys"], "arrays": arrays}
 
 
-def unpack_batch(packed: dict, pin_memory: bool = False) -> dict:
+def unpack_batch(packed: dict) -> dict:
     import torch
 
     out: dict = {}
     for name, (dtype, shape, data) in packed["arrays"].items():
         a = np.frombuffer(data, dtype=dtype).reshape(shape)
         a = a.astype(np.int64) if name in _COMPACT else a.copy()   # writable, owned arrays
-        t = torch.from_numpy(a)
-        out[name] = t.pin_memory() if pin_memory else t
+        out[name] = torch.from_numpy(a)
     out["keys"] = list(packed["keys"])
     return out

@@ -102,6 +102,16 @@ def shard_name(split: str, index: int) -> str:
     return SHARD_PATTERN.format(split=split, index=index)
 
 
+def lengths_path(shard_path: str) -> str | None:
+    """A shard's lengths sidecar: builds/<b>/lengths/<split>-NNNNNN.npy for
+    builds/<b>/shards/<split>-NNNNNN.tar (outside shards/, so readers of that folder see only
+    tars); None for a path that is not a build's shard."""
+    folder, sep, name = shard_path.rpartition(f"/{SHARDS_DIR}/")
+    if not sep or not name.endswith(".tar"):
+        return None
+    return f"{folder}/{LENGTHS_DIR}/{name.removesuffix('.tar')}.npy"
+
+
 def join(root: str | Path, *parts: str) -> str:
     """Join path parts with '/' (local paths and URIs alike)."""
     return "/".join([str(root).rstrip("/"), *parts])

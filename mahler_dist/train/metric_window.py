@@ -44,9 +44,8 @@ class MetricWindow:
             as_plain = as_t
             as_t = lambda v: torch.where(keep, as_plain(v), 0.0)  # noqa: E731
         weights = {c: as_t(metrics[c]) for c in COUNTS}
-        # a step's weight made from a device tensor: torch.as_tensor(1.0, device=cuda) would be a
-        # host-to-device copy every step
-        weights[STEPS] = torch.ones_like(weights["rows"]) if valid is None else as_t(weights["rows"].new_ones(()))
+        # filled on the device: torch.as_tensor(1.0, device=cuda) would be a host-to-device copy a step
+        weights[STEPS] = as_t(torch.ones((), dtype=torch.float64, device=device))
         for c, w in weights.items():
             self._acc(f"n:{c}", w)
         for k, v in metrics.items():

@@ -21,7 +21,7 @@ from mahler_dist.data.collate import collate_bars
 from mahler_dist.model.checkpoint import save_checkpoint
 from mahler_dist.model.cvae import MahlerNet
 from mahler_dist.model.optim import build_optimizer
-from tiny_runs import fit_step
+from tiny_runs import fit_step, preprocessed_examples
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -36,9 +36,8 @@ def roots(ray_session, tmp_path_factory):
     (own / "input").mkdir()
     shutil.copy(REPO / "examples" / "midi" / PIECE, own / "input" / PIECE)
     preprocess(own, DataConfig(val_fraction=0.0, test_fraction=0.0, shard_samples=16), progress=False)
-    other = tmp_path_factory.mktemp("eval_other")
-    shutil.copytree(REPO / "examples" / "midi", other / "input")
-    preprocess(other, DataConfig(val_fraction=0.0, test_fraction=0.3, shard_samples=64), progress=False)
+    other = preprocessed_examples(tmp_path_factory.mktemp("eval_other"), val_fraction=0.0, test_fraction=0.3,
+                                  shard_samples=64)
 
     samples = [s for u in shard_urls(own, "train") for s in read_samples(u)]
     cfg = load_config(resolve_config_path("tiny"))

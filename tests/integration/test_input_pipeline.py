@@ -6,14 +6,11 @@ the same - and resume exactly mid-epoch - with 0, 1 or 2 loader processes."""
 from __future__ import annotations
 
 import io
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from mahler_dist.config import DataConfig
 from mahler_dist.data import loader as L
 from mahler_dist.data.collate import collate_bars
 from mahler_dist.data.shard_reader import ShardFormatError, npy_array
@@ -21,18 +18,13 @@ from mahler_dist.data.shards import shard_urls
 from mahler_dist.music import vocab
 from mahler_dist.music.rows import end_offset_class
 from mahler_dist.music.timing import Metre, normalise_metre
-
-REPO = Path(__file__).resolve().parents[2]
+from tiny_runs import preprocessed_examples
 
 
 @pytest.fixture(scope="module")
 def root(ray_session, tmp_path_factory):
-    from mahler_dist.data.preprocess import preprocess
-
-    root = tmp_path_factory.mktemp("pipeline_root")
-    shutil.copytree(REPO / "examples" / "midi", root / "input")
-    preprocess(root, DataConfig(val_fraction=0.0, test_fraction=0.0, shard_samples=64))
-    return root
+    return preprocessed_examples(tmp_path_factory.mktemp("pipeline_root"), val_fraction=0.0, test_fraction=0.0,
+                                 shard_samples=64)
 
 
 def test_the_fast_reader_reads_what_webdataset_reads(root):

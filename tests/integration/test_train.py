@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,24 +15,20 @@ import time
 from pathlib import Path
 
 import pytest
+from tiny_runs import preprocessed_examples
 from train_observers import KeyRecorder, KillAtStep, read_records, steps_of
 
-from mahler_dist.config import DataConfig, load_config, resolve_config_path, save_config
+from mahler_dist.config import load_config, resolve_config_path, save_config
 from mahler_dist.errors import ConfigError
 from mahler_dist.train.tracking import read_metrics
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def data_root(ray_session, tmp_path_factory):
-    from mahler_dist.data.preprocess import preprocess
-
-    root = tmp_path_factory.mktemp("train_root")
-    shutil.copytree(REPO / "examples" / "midi", root / "input")
-    preprocess(root, DataConfig(val_fraction=0.25, test_fraction=0.0, shard_samples=64))
-    return root
+    return preprocessed_examples(tmp_path_factory.mktemp("train_root"), val_fraction=0.25, test_fraction=0.0,
+                                 shard_samples=64)
 
 
 def _train_keys(root: Path) -> set[str]:
