@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 
 from mahler_dist.errors import ConfigError
+from mahler_dist.music.quantize_options import QuantizeOptions
 
 
 @dataclass(kw_only=True, slots=True)
@@ -43,6 +44,8 @@ class DataConfig:
     max_bars: int = 20_000
     """Files whose metre map allows more bars are rejected before quantisation (the real corpora:
     at most 1,734; sample keys hold 5 digits, so at most 99,999)."""
+    quantize: QuantizeOptions = field(default_factory=QuantizeOptions)
+    """The quantiser's heuristics: a switch each, and their thresholds (music/quantize_options.py)."""
 
 
 #: The DataConfig fields that bound the work one input file may cost (each must be > 0).
@@ -323,6 +326,13 @@ def _semantic_errors(c: Config) -> list[str]:
                     "train.transpose_semitones": t.transpose_semitones,
                     "train.loader_workers": t.loader_workers}
     errors += [f"{k}: must be >= 0, got {v}" for k, v in non_negative.items() if v < 0]
+    q = c.data.quantize
+    errors += [f"data.quantize.{k}: must be >= 0, got {getattr(q, k)}"
+               for k in ("cluster_window", "grace_window", "legato_max_gap", "max_instruments", "slow_bpm", "fast_bpm")
+               if getattr(q, k) < 0]
+    errors += [f"data.quantize.{k}: must be in [0, 1], got {getattr(q, k)}"
+               for k in ("legato_fraction", "overlap_fraction", "max_unquantisable_fraction")
+               if not 0.0 <= getattr(q, k) <= 1.0]
     if t.max_batch_rows < 2 * c.data.max_rows_per_bar:
         errors.append(f"train.max_batch_rows: must be >= 2 x data.max_rows_per_bar = {2 * c.data.max_rows_per_bar} "
                       f"(a bar and its context must fit a batch), got {t.max_batch_rows}")

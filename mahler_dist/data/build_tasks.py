@@ -79,7 +79,7 @@ def _encode(data: bytes, rel: str, config: DataConfig, rec: dict) -> tuple[dict,
     if bound > config.max_bars:
         rec["reason"] = f"too many bars (up to {bound:,} > data.max_bars {config.max_bars:,}; huge delta times?)"
         return rec, None
-    enc = encode_score(score, rel)
+    enc = encode_score(score, rel, config.quantize)
     stats, rows = enc.stats, enc.rows
     if rows.num_bars > config.max_bars:   # the bound above makes this unreachable; keys need it
         rec["reason"] = f"too many bars ({rows.num_bars} > data.max_bars {config.max_bars})"

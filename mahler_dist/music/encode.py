@@ -16,6 +16,7 @@ from pathlib import Path
 from mahler_dist.music.midi_io import read_midi, write_midi
 from mahler_dist.music.piece import Piece
 from mahler_dist.music.quantize import quantize
+from mahler_dist.music.quantize_options import DEFAULT_OPTIONS, QuantizeOptions
 from mahler_dist.music.rows import BarSample, PieceRows, bar_windows, piece_to_rows, piece_to_score, rows_to_piece
 from mahler_dist.music.score import Score
 
@@ -38,8 +39,8 @@ class EncodedPiece:
         return stats
 
 
-def encode_score(score: Score, name: str) -> EncodedPiece:
-    piece = quantize(score, name)
+def encode_score(score: Score, name: str, options: QuantizeOptions = DEFAULT_OPTIONS) -> EncodedPiece:
+    piece = quantize(score, name, options)
     rows = piece_to_rows(piece)
     return EncodedPiece(name, score, piece, rows, bar_windows(rows))
 

@@ -22,28 +22,21 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from functools import lru_cache
-
 import numpy as np
 
 from mahler_dist.errors import MidiReadError
 from mahler_dist.music import piece as P
 from mahler_dist.music.instruments import PROGRAM_TO_CLASS, UNMAPPED
 from mahler_dist.music.piece import Bar, Piece, PieceCol
+from mahler_dist.music.quantize_options import DEFAULT_OPTIONS, QuantizeOptions
 from mahler_dist.music.score import MetreChange, NoteCol, Score
-from mahler_dist.music.timing import (
-    CLASS_TICKS,
-    TIME_CLASSES,
-    Metre,
-    UnsupportedMetre,
-    decompose_gap,
-    duration_mask,
-    normalise_metre,
-)
+from mahler_dist.music import note_repairs as R
+from mahler_dist.music.channel_limit import DROPPED as CHANNEL_DROPPED
+from mahler_dist.music.channel_limit import limit_instruments
+from mahler_dist.music.durations import UNIFIED, choose_durations, exclusions, longest_duration, tied_parts, unify_chords
+from mahler_dist.music.onset_grid import GAP_MOVED, unreachable_gaps, repair_gaps_forward, repair_gaps_minimal, snap_onsets
+from mahler_dist.music.timing import CLASS_TICKS, Metre, UnsupportedMetre, normalise_metre
 from mahler_dist.music.vocab import NUM_PITCHES, PITCH_LOW
-
-#: Notes shorter than this many model ticks after tied-part splitting are dropped as a tail.
-_MIN_TAIL = 30
 
 
 @dataclass(frozen=True)
@@ -54,8 +47,9 @@ class MetreRange:
     label: str               # the time signature as written
 
 
-def metre_ranges(score: Score) -> list[MetreRange]:
-    """The score cut at every time-signature change (4/4 before the first one)."""
+def metre_ranges(score: Score, additive: bool = True) -> list[MetreRange]:
+    """The score cut at every time-signature change (4/4 before the first one); `additive`:
+    whether 5/4, 7/8, ... are supported (QuantizeOptions.additive_metres)."""
     changes = list(score.metres)
     if not changes or changes[0].tick > 0:
         changes.insert(0, MetreChange(0, 4, 4))
@@ -66,7 +60,7 @@ def metre_ranges(score: Score) -> list[MetreRange]:
         if end <= change.tick:
             continue
         try:
-            metre: Metre | None = normalise_metre(change.numerator, change.denominator)
+            metre: Metre | None = normalise_metre(change.numerator, change.denominator, additive)
         except UnsupportedMetre:
             metre = None
         ranges.append(MetreRange(change.tick, end, metre, str(change)))
@@ -83,133 +77,123 @@ def fold_pitches(pitches: np.ndarray) -> np.ndarray:
     return p - PITCH_LOW
 
 
-def snap_onsets(onsets: np.ndarray, metre: Metre) -> np.ndarray:
-    """Model-tick onsets (float) -> nearest grid point (int). The grid is 1/8 beat (60) and
-    1/6 beat (80) in simple metres and 1/6 beat in compound ones; ties go to the duple grid."""
-    if metre.compound:
-        return (np.floor(onsets / 80 + 0.5) * 80).astype(np.int64)
-    duple = np.floor(onsets / 60 + 0.5) * 60
-    triple = np.floor(onsets / 80 + 0.5) * 80
-    use_triple = np.abs(triple - onsets) < np.abs(duple - onsets)
-    return np.where(use_triple, triple, duple).astype(np.int64)
+def repair_notes(notes: np.ndarray, ranges: list[MetreRange], options: QuantizeOptions,
+                 stats: Counter) -> np.ndarray:
+    """The score-level repairs of note_repairs, as the options switch them (counted in stats)."""
+    if options.cluster_onsets:
+        notes, n = R.cluster_onsets(notes, options.cluster_window)
+        stats[f"moved: {R.CLUSTERED}"] += n
+    if options.grace_to_downbeat:
+        changes = np.array([r.start for r in ranges[1:] if r.metre is not None], dtype=np.int64)
+        notes, n = R.grace_to_downbeat(notes, changes, options.grace_window)
+        stats[f"moved: {R.GRACE}"] += n
+    return notes
 
 
-def make_gaps_representable(positions: np.ndarray, metre: Metre) -> np.ndarray:
-    """Positions (model ticks from the range start, sorted) such that every gap between distinct
-    consecutive onsets - and from each bar line to its bar's first onset - is a sum of allowed
-    classes. Offending onsets move to the nearest representable position (merging into the
-    previous onset when that is nearest)."""
-    out = positions.copy()
-    bar = metre.bar_ticks
-    prev = None
-    for i in range(len(out)):
-        pos = int(out[i])
-        if prev is not None and pos < prev:   # an earlier move passed this onset: join it
-            out[i] = pos = prev
-        ref = prev if prev is not None and prev // bar == pos // bar else pos - pos % bar
-        gap = pos - ref
-        if gap and decompose_gap(gap, metre) is None:
-            pos = ref + _nearest_representable_gap(gap, metre)
-            out[i] = pos
-        prev = pos
-    return out
+_CLASS_LENGTHS = np.unique(CLASS_TICKS[1:])
 
 
-@lru_cache(maxsize=None)
-def _nearest_representable_gap(gap: int, metre: Metre) -> int:
-    for delta in range(20, 10 * 480, 20):
-        for candidate in (gap - delta, gap + delta):
-            if candidate >= 0 and (candidate == 0 or decompose_gap(candidate, metre) is not None):
-                return candidate
-    return 0
+def _is_class_length(lengths: np.ndarray) -> np.ndarray:
+    idx = np.clip(np.searchsorted(_CLASS_LENGTHS, lengths), 1, len(_CLASS_LENGTHS) - 1)
+    near = np.minimum(np.abs(_CLASS_LENGTHS[idx] - lengths), np.abs(_CLASS_LENGTHS[idx - 1] - lengths))
+    return near < 0.5
 
 
-@lru_cache(maxsize=None)
-def _duration_tables(metre: Metre) -> tuple[np.ndarray, np.ndarray]:
-    """(allowed [bar_ticks/20, 60] bool by position in the bar, prior [60]) for `metre`."""
-    from fractions import Fraction
-
-    usable = duration_mask(metre)
-    n = metre.bar_ticks // 20
-    allowed = np.zeros((n, len(TIME_CLASSES)), dtype=bool)
-    for k in range(n):
-        beats = Fraction(k * 20, 480)
-        allowed[k] = usable & np.array([c.start_ok(beats) for c in TIME_CLASSES])
-    freq = np.array([c.freq for c in TIME_CLASSES], dtype=np.float64)
-    return allowed, freq
+def _bpm_at(score: Score, ticks: np.ndarray) -> np.ndarray:
+    """Quarter notes per minute in force at each tick (120 before the first tempo event)."""
+    if not score.tempos:
+        return np.full(len(ticks), 120.0)
+    at = np.array([t.tick for t in score.tempos], dtype=np.int64)
+    us = np.array([t.us_per_quarter for t in score.tempos], dtype=np.float64)
+    idx = np.searchsorted(at, ticks, side="right") - 1
+    return np.where(idx >= 0, 60_000_000 / us[np.maximum(idx, 0)], 120.0)
 
 
-def choose_durations(pos_in_bar: np.ndarray, durations: np.ndarray, metre: Metre) -> np.ndarray:
-    """Duration class for each note (model-tick lengths, float). An exact class wins; otherwise
-    the original's score |error|*(freq+1) + 15*freq (reference 2.4) picks among the classes the
-    metre and the start position allow."""
-    allowed, freq = _duration_tables(metre)
-    ok = allowed[(pos_in_bar // 20).astype(np.int64)]                          # [N, 60]
-    err = np.abs(CLASS_TICKS[None, :] - durations[:, None])                    # [N, 60]
-    score = err * (freq + 1) + 15 * freq
-    score = np.where(err < 0.5, -1.0, score)
-    score = np.where(ok, score, np.inf)
-    return np.argmin(score, axis=1)
-
-
-def _longest_duration(metre: Metre) -> int:
-    return int(CLASS_TICKS[np.flatnonzero(duration_mask(metre))[-1]])
-
-
-def _quantise_range(notes: np.ndarray, rng: MetreRange) -> tuple[np.ndarray, int, np.ndarray]:
+def _quantise_range(notes: np.ndarray, bpm: np.ndarray, rng: MetreRange, options: QuantizeOptions,
+                    stats: Counter) -> tuple[np.ndarray, int, np.ndarray]:
     """Notes of one supported range -> (int64 [M, 5] local-bar piece notes, number of bars,
     float [K, 2] |onset shift| and |duration change| in beats per source note)."""
     metre = rng.metre
     scale = float(metre.tick_scale)
+    bar = metre.bar_ticks
     span = (rng.end - rng.start) / scale
-    n_bars = max(1, int(np.ceil(span / metre.bar_ticks - 1e-9)))
+    # a range a grace window longer than whole bars (a time signature placed a little late) is
+    # not padded with a bar of its own: its notes there have moved to the next range's downbeat
+    slack = options.grace_window / scale if options.grace_to_downbeat else 1e-9
+    n_bars = max(1, int(np.ceil((span - slack) / bar)))
     if len(notes) == 0:
         return np.zeros((0, 5), np.int64), n_bars, np.zeros((0, 2))
     exact = (notes[:, NoteCol.START] - rng.start) / scale
     onsets = snap_onsets(exact, metre)
     order = np.argsort(onsets, kind="stable")
-    notes, exact, onsets = notes[order], exact[order], make_gaps_representable(onsets[order], metre)
+    notes, exact, onsets, bpm = notes[order], exact[order], onsets[order], bpm[order]
+    if options.gap_repair == "minimal":
+        repaired = repair_gaps_minimal(onsets, exact, metre)
+    else:
+        repaired = repair_gaps_forward(onsets, metre)
+    stats[f"moved: {GAP_MOVED}"] += int((repaired != onsets).sum())
+    onsets = repaired
     source_lengths = (notes[:, NoteCol.END] - notes[:, NoteCol.START]) / scale
     # the snapped onset moves the note; keep its end where it was, as far as the grid allows
-    lengths = np.maximum(source_lengths + (exact - onsets), 1.0)
+    ends = exact + source_lengths
+    tracks, instruments = notes[:, NoteCol.TRACK], notes[:, NoteCol.PROGRAM]
+    if options.legato_repair or options.overlap_repair:
+        # an end on the grid, or a length that is a class, is as written: a quantised piece
+        # quantises to itself
+        off_grid = (np.abs(snap_onsets(ends, metre) - ends) > 0.5) & ~_is_class_length(ends - onsets)
+        ends, held, cut = R.legato_and_overlap(
+            onsets, ends, tracks, off_grid, options.legato_fraction if options.legato_repair else None,
+            options.legato_max_gap / scale, options.overlap_fraction if options.overlap_repair else None,
+            480 / scale)
+        stats[f"moved: {R.LEGATO}"] += held
+        stats[f"moved: {R.OVERLAP}"] += cut
+    lengths = np.maximum(ends - onsets, 1.0)
     quantised_lengths = np.zeros(len(notes))
-    longest = _longest_duration(metre)
-    bar = metre.bar_ticks
+    longest = longest_duration(metre)
     n_bars = max(n_bars, int(onsets.max() // bar) + 1)
     rows = []
     simple = lengths <= longest
     if simple.any():
         pos = onsets[simple]
-        cls = choose_durations(pos % bar, lengths[simple], metre)
+        excluded = exclusions(pos % bar, lengths[simple], tracks[simple], instruments[simple], bpm[simple],
+                              metre, options)
+        cls = choose_durations(pos % bar, lengths[simple], metre, excluded)
+        if options.unify_chords:
+            cls, unified = unify_chords(cls, pos, lengths[simple], tracks[simple],
+                                        _is_class_length(lengths[simple]))
+            stats[f"moved: {UNIFIED}"] += unified
         quantised_lengths[simple] = CLASS_TICKS[cls]
-        pitch, program = notes[simple, NoteCol.PITCH], notes[simple, NoteCol.PROGRAM]
+        pitch, program = notes[simple, NoteCol.PITCH], instruments[simple]
         rows.append(np.stack([pos // bar, pos % bar, cls, pitch, program], 1))
-    pitch_col, program_col = int(NoteCol.PITCH), int(NoteCol.PROGRAM)   # ints: looked up per tied note
+    pitch_col = int(NoteCol.PITCH)   # an int: looked up per tied note
     for k in np.flatnonzero(~simple):
-        parts = _tied_parts(int(onsets[k]), float(lengths[k]), metre, n_bars * bar)
+        parts = tied_parts(int(onsets[k]), float(lengths[k]), metre, n_bars * bar)
         quantised_lengths[k] = sum(int(CLASS_TICKS[c]) for _, c in parts)
-        pitch, program = notes[k, pitch_col], notes[k, program_col]
+        pitch, program = notes[k, pitch_col], instruments[k]
         for pos, cls in parts:
             rows.append(np.array([[pos // bar, pos % bar, cls, pitch, program]]))
+    _check_quantisable(onsets, metre, rng, options)
     errors = np.stack([np.abs(onsets - exact), np.abs(quantised_lengths - source_lengths)], 1) / 480
     return np.concatenate(rows).astype(np.int64), n_bars, errors
 
 
-def _tied_parts(onset: int, length: float, metre: Metre, limit: int) -> list[tuple[int, int]]:
-    """A note longer than the longest class -> parts: up to the bar line, whole bars, the rest."""
-    bar, longest = metre.bar_ticks, _longest_duration(metre)
-    parts, cur, remaining = [], onset, length
-    while remaining > longest and cur < limit:
-        step = bar - cur % bar
-        cls = int(choose_durations(np.array([cur % bar]), np.array([float(step)]), metre)[0])
-        parts.append((cur, cls))
-        cur, remaining = cur + step, remaining - step
-    if remaining >= _MIN_TAIL and cur < limit:
-        parts.append((cur, int(choose_durations(np.array([cur % bar]), np.array([remaining]), metre)[0])))
-    return parts
+class _Unquantisable(Exception):
+    pass
 
 
-def quantize(score: Score, name: str) -> Piece:
+def _check_quantisable(onsets: np.ndarray, metre: Metre, rng: MetreRange, options: QuantizeOptions) -> None:
+    """Reject the file when too many of a range's notes sit where no time class reaches (the
+    rows would drop them): the original's 5% rule, with a reason."""
+    u, counts = np.unique(onsets, return_counts=True)
+    lost = int(counts[unreachable_gaps(u, metre)].sum())
+    if lost and lost > options.max_unquantisable_fraction * len(onsets):
+        raise _Unquantisable(
+            f"{lost} of {len(onsets)} notes of the {rng.label} range at tick {rng.start} cannot be placed on the "
+            f"grid ({100 * lost / len(onsets):.1f}% > data.quantize.max_unquantisable_fraction "
+            f"{100 * options.max_unquantisable_fraction:g}%)")
+
+
+def quantize(score: Score, name: str, options: QuantizeOptions = DEFAULT_OPTIONS) -> Piece:
     """Quantise a Score into a Piece; raise MidiReadError(name, reason) when nothing is left."""
     stats = Counter({"source notes": score.source_notes})
     stats.update({f"dropped: {k}": v for k, v in score.dropped.items()})
@@ -231,13 +215,19 @@ def quantize(score: Score, name: str) -> Piece:
         _assemble_chunk(chunk, bars, piece_notes)
         chunk.clear()
 
-    for rng in metre_ranges(score):
+    ranges = metre_ranges(score, options.additive_metres)
+    notes = repair_notes(notes, ranges, options, stats)
+    bpm = _bpm_at(score, notes[:, NoteCol.START])
+    for rng in ranges:
         inside = (notes[:, NoteCol.START] >= rng.start) & (notes[:, NoteCol.START] < rng.end)
         if rng.metre is None:
             unsupported[rng.label] += int(inside.sum())
             close_chunk()
             continue
-        local, n_bars, range_errors = _quantise_range(notes[inside], rng)
+        try:
+            local, n_bars, range_errors = _quantise_range(notes[inside], bpm[inside], rng, options, stats)
+        except _Unquantisable as e:
+            raise MidiReadError(name, str(e)) from None
         errors.append(range_errors)
         chunk.append((local, n_bars, rng.metre))
     close_chunk()
@@ -254,6 +244,11 @@ def quantize(score: Score, name: str) -> Piece:
         # the sound is kept, so they are counted as merged, not dropped
         stats["merged: unison doubling"] += int((~first).sum())
         all_notes = all_notes[first]   # sorted so that the first of equals is arbitrary but fixed
+    if options.max_instruments and len(all_notes):
+        starts, ends = Piece(name, bars, all_notes).absolute_times()
+        keep = limit_instruments(starts, ends, all_notes[:, PieceCol.INSTR], options.max_instruments)
+        stats[f"dropped: {CHANNEL_DROPPED}"] += int((~keep).sum())
+        all_notes = all_notes[keep]
     parts = len(all_notes)
     stats["note parts"] = parts
     dropped = sum(v for k, v in stats.items() if k.startswith("dropped: "))

@@ -170,7 +170,13 @@ class Metre:
 
     @property
     def compound(self) -> bool:
-        return self.numerator in (6, 9, 12)
+        """Counted in dotted beats: 6, 9 and 12 as in the original, and the additive 15 and 21."""
+        return self.numerator % 3 == 0 and self.numerator > 3
+
+    @property
+    def additive(self) -> bool:
+        """A metre the original rejected (5/4, 7/8, 15/8, 1/4, ...), modelled as a bar of that many beats."""
+        return self.numerator not in (2, 3, 4, 6, 9, 12)
 
     @property
     def beats_per_bar(self) -> int:
@@ -198,13 +204,20 @@ class Metre:
         return f"{self.numerator}/{self.denominator}"
 
 
-def normalise_metre(numerator: int, denominator: int) -> Metre:
+#: The longest additive bar, in beats (17/16 occurs in piano-midi.de; longer ones are rejected).
+MAX_ADDITIVE_BEATS = 17
+
+
+def normalise_metre(numerator: int, denominator: int, additive: bool = True) -> Metre:
     """Map a MIDI time signature to a supported Metre, or raise UnsupportedMetre.
 
     Denominators 2, 4, 8 and 16 are accepted (16 is our addition: 6/16 and 3/16 are common in
-    orchestral files, and every class is still a whole number of ticks there). The numerator is reduced to 12, 9, 6, 4 or 2 when it is
-    a multiple of one (in that order; so 8/8 becomes 4/8); 3 stays 3; any other odd numerator
-    (5/4, 7/8, 1/4, ...) is unsupported, as in the original.
+    orchestral files, and every class is still a whole number of ticks there). The numerator is
+    reduced to 12, 9, 6, 4 or 2 when it is a multiple of one (in that order; so 8/8 becomes 4/8);
+    3 stays 3. The original rejected every other numerator. With `additive` (the default) they are
+    bars of that many beats on the same beat grid (5/4: five quarter beats; 7/8: seven eighth
+    beats; 15/8 and 21/8: five and seven dotted beats), up to MAX_ADDITIVE_BEATS beats; their
+    classes are limited to "shorter than a bar plus one beat" as the original limits 3/4's.
     """
     if denominator not in (2, 4, 8, 16):
         raise UnsupportedMetre(numerator, denominator, "the denominator must be 2, 4, 8 or 16")
@@ -215,7 +228,13 @@ def normalise_metre(numerator: int, denominator: int) -> Metre:
             return Metre(base, denominator)
     if numerator == 3:
         return Metre(3, denominator)
-    raise UnsupportedMetre(numerator, denominator, "odd numerators other than 3 and 9 are not modelled")
+    if not additive:
+        raise UnsupportedMetre(numerator, denominator,
+                               "odd numerators other than 3 and 9 are not modelled (data.quantize.additive_metres is off)")
+    metre = Metre(numerator, denominator)
+    if metre.beats_per_bar > MAX_ADDITIVE_BEATS:
+        raise UnsupportedMetre(numerator, denominator, f"a bar of more than {MAX_ADDITIVE_BEATS} beats is not modelled")
+    return metre
 
 
 @lru_cache(maxsize=None)

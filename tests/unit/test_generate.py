@@ -294,7 +294,7 @@ def test_bad_arguments_are_clear_errors(trained, capsys):
         (["--type", "pred", "--units", "3c"], "needs --file"),
         (["--type", "recon", "--file", "../../etc/passwd", "--units", "0z"], "no such piece"),
         (["--type", "pred", "--units", "-", "--pitch-temperature", "-1"], "temperature"),
-        (["--type", "pred", "--units", "-", "--meter", "5/4"], "metre"),
+        (["--type", "pred", "--units", "-", "--meter", "5/32"], "metre"),
         (["--type", "pred", "--units", "-", "--model", "../x"], "no checkpoint"),
         (["--type", "intpol", "--file", "scn15_11", "--units", "2z"], "exactly two"),
         (["--type", "dream", "--units", "-"], "unknown --type"),

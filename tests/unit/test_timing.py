@@ -87,9 +87,31 @@ def test_metre_normalisation(raw, normal, beats, scale):
 
 
 @pytest.mark.parametrize("raw", [(5, 4), (7, 8), (1, 4), (11, 8)])
-def test_odd_metres_are_unsupported_with_a_reason(raw):
-    with pytest.raises(UnsupportedMetre, match=f"{raw[0]}/{raw[1]}.*odd numerators"):
-        normalise_metre(*raw)
+def test_odd_metres_are_refused_with_a_reason_when_additive_metres_are_off(raw):
+    with pytest.raises(UnsupportedMetre, match=f"{raw[0]}/{raw[1]}.*odd numerators.*additive_metres"):
+        normalise_metre(*raw, additive=False)
+
+
+@pytest.mark.parametrize(
+    "raw, beats, scale, compound",
+    [((5, 4), 5, F(1), False), ((7, 8), 7, F(1, 2), False), ((5, 8), 5, F(1, 2), False), ((7, 4), 7, F(1), False),
+     ((1, 4), 1, F(1), False), ((13, 16), 13, F(1, 4), False), ((15, 8), 5, F(3, 2), True), ((21, 8), 7, F(3, 2), True)],
+)
+def test_additive_metres_are_bars_of_that_many_beats(raw, beats, scale, compound):
+    metre = normalise_metre(*raw)
+    assert metre.additive and metre.compound == compound
+    assert metre.beats_per_bar == beats and metre.tick_scale == scale
+    assert metre.bar_ticks == beats * 480
+    # the original's rule for 3/4 (classes shorter than a bar plus a beat), so a 5- or 7-beat bar
+    # allows every class the 4/4 bar does; a one-beat bar only those under two beats
+    mask = allowed_mask(metre)
+    assert [i for i, ok in enumerate(mask) if ok] == [
+        c.index for c in TIME_CLASSES if c.beats < beats + 1 and (c.triple or not compound)]
+
+
+def test_additive_bars_longer_than_the_cap_are_refused():
+    with pytest.raises(UnsupportedMetre, match="more than 17 beats"):
+        normalise_metre(19, 8)
 
 
 def test_start_position_rules():
