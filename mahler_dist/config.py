@@ -328,7 +328,8 @@ def _semantic_errors(c: Config) -> list[str]:
     errors += [f"{k}: must be >= 0, got {v}" for k, v in non_negative.items() if v < 0]
     q = c.data.quantize
     errors += [f"data.quantize.{k}: must be >= 0, got {getattr(q, k)}"
-               for k in ("cluster_window", "grace_window", "legato_max_gap", "max_instruments", "slow_bpm", "fast_bpm")
+               for k in ("cluster_window", "grace_window", "legato_max_gap", "max_instruments", "slow_bpm", "fast_bpm",
+                         "fine_tolerance_beats", "fast_gap_beats")
                if getattr(q, k) < 0]
     errors += [f"data.quantize.{k}: must be in [0, 1], got {getattr(q, k)}"
                for k in ("legato_fraction", "overlap_fraction", "max_unquantisable_fraction")

@@ -41,9 +41,10 @@ def inspect_report(encoded: EncodedPiece) -> str:
                      f"duration change median {np.median(err[:, 1]):.3f} / p95 {np.percentile(err[:, 1], 95):.3f} beats")
     if stats["merged: unison doubling"]:
         lines.append(f"merged      {stats['merged: unison doubling']} unison doublings (same onset, pitch and instrument class)")
-    dropped = {k[len("dropped: "):]: v for k, v in stats.items() if k.startswith("dropped: ") and v}
-    if dropped:
-        lines.append("dropped     " + "; ".join(f"{k}: {v}" for k, v in sorted(dropped.items(), key=lambda kv: -kv[1])))
+    for label in ("moved", "dropped"):   # the quantiser's repairs and losses, by reason
+        counts = {k[len(label) + 2:]: v for k, v in stats.items() if k.startswith(f"{label}: ") and v}
+        if counts:
+            lines.append(f"{label:<12}" + "; ".join(f"{k}: {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])))
     lines.append("instruments " + ", ".join(f"{INSTRUMENT_NAMES[i]} ({n})" for i, n in instruments.most_common()))
     return "\n".join(lines)
 

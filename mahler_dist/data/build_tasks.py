@@ -95,7 +95,7 @@ def _encode(data: bytes, rel: str, config: DataConfig, rec: dict) -> tuple[dict,
         metres=dict(sorted(Counter(rows.metres).items())),
         instruments=_nonzero(np.bincount(enc.piece.notes[:, PieceCol.INSTR], minlength=NUM_INSTRUMENTS)),
         programs=_nonzero(np.bincount(programs, minlength=128)),
-        dropped=_prefixed(stats, "dropped: "), merged=_prefixed(stats, "merged: "),
+        dropped=_prefixed(stats, "dropped: "), merged=_prefixed(stats, "merged: "), moved=_prefixed(stats, "moved: "),
         _rows_hist=np.bincount(per_bar).tolist(),
     )
     return rec, S.piece_npz_bytes(rec["piece"], rel, enc.piece, rows)
@@ -129,7 +129,7 @@ def empty_record(rel: str, sha: str, size: int) -> dict:
     return {"path": rel, "status": "rejected", "reason": None, "piece": sha[:S.PIECE_ID_LEN], "split": None,
             "sha256": sha, "size": size, "notes_in": 0, "notes_kept": 0, "note_parts": 0, "bars": 0,
             "samples": 0, "bars_too_long": 0, "contexts_too_long": 0, "rows": 0, "metres": {},
-            "instruments": {}, "programs": {}, "dropped": {}, "merged": {}, "repairs": []}
+            "instruments": {}, "programs": {}, "dropped": {}, "merged": {}, "moved": {}, "repairs": []}
 
 
 def _prefixed(stats: Counter, prefix: str) -> dict[str, int]:

@@ -289,7 +289,7 @@ def _plan(records: list[dict], config: DataConfig) -> tuple[list[dict], dict[str
     from mahler_dist.music.vocab import NUM_INSTRUMENTS
 
     manifest, rows_hist = [], np.zeros(0, np.int64)
-    reasons, dropped, merged, metres = Counter(), Counter(), Counter(), Counter()
+    reasons, dropped, merged, moved, metres = Counter(), Counter(), Counter(), Counter(), Counter()
     instruments = np.zeros(NUM_INSTRUMENTS, np.int64)
     programs_by_class: dict[int, Counter] = {}
     per_split: dict[str, list[tuple[str, int]]] = {s: [] for s in S.SPLITS}
@@ -310,6 +310,7 @@ def _plan(records: list[dict], config: DataConfig) -> tuple[list[dict], dict[str
             rows_hist[: len(hist)] += hist
             dropped.update(rec["dropped"])
             merged.update(rec["merged"])
+            moved.update(rec.get("moved", {}))
             metres.update(rec["metres"])
             for cls, n in rec["instruments"].items():
                 instruments[int(cls)] += n
@@ -339,6 +340,7 @@ def _plan(records: list[dict], config: DataConfig) -> tuple[list[dict], dict[str
                   "parts": sum(m["note_parts"] for m in ok)},
         "dropped_notes": dict(dropped.most_common()),
         "merged_notes": dict(merged.most_common()),
+        "moved_notes": dict(moved.most_common()),
         "rows_per_bar": rows_hist.tolist(),
         "metres": dict(metres.most_common()),
         "instrument_classes": instruments.tolist(),

@@ -25,10 +25,18 @@ UNIFIED = "duration unified with its chord"
 #: Notes shorter than this many model ticks after tied-part splitting are dropped as a tail.
 MIN_TAIL = 30
 
-_HAS_D32 = np.array(["d32" in c.parts for c in TIME_CLASSES])
-_HAS_D16 = np.array(["d16" in c.parts for c in TIME_CLASSES])
+#: Kinds of class a note may be refused (bits of exclusions()): with a d32 part, a d16 part, a triplet part.
+EXCLUDE_D32, EXCLUDE_D16, EXCLUDE_TRIPLET = 1, 2, 4
 _HAS_TRIPLET = np.array([any(p[0] == "t" for p in c.parts) for c in TIME_CLASSES])
+_CLASS_BITS = np.array([EXCLUDE_D32 * ("d32" in c.parts) | EXCLUDE_D16 * ("d16" in c.parts)
+                        | EXCLUDE_TRIPLET * any(p[0] == "t" for p in c.parts) for c in TIME_CLASSES], dtype=np.int64)
+#: Classes scored per note, nearest in length first (see choose_durations).
+_WINDOW = 8
+assert np.all(np.diff(CLASS_TICKS) > 0)   # the classes are sorted by length: a window is a neighbourhood
 _FREQ = np.array([c.freq for c in TIME_CLASSES], dtype=np.float64)
+# The original's tie-breaking, as scores too small to matter otherwise: a basic (single-part)
+# value before a tied one, then a duple value before a triplet one.
+_TIE_BREAK = 1e-6 * np.array([(not c.is_basic) * 2 + (c.index and _HAS_TRIPLET[c.index]) for c in TIME_CLASSES])
 
 # The original's instrument heuristics (reference 2.4), by instrument class: no 1/8-beat
 # durations on plucked strings (2), violin, viola, cello, contrabass, string ensemble and timpani
@@ -58,42 +66,68 @@ def longest_duration(metre: Metre) -> int:
 def choose_durations(pos_in_bar: np.ndarray, lengths: np.ndarray, metre: Metre,
                      excluded: np.ndarray | None = None) -> np.ndarray:
     """Duration class per note (model-tick lengths, float): an exact class wins, else the lowest
-    original score among the allowed classes. `excluded` (bool [N, 60]) narrows the choice of
-    notes whose length is no class; a note it leaves without a class keeps the unnarrowed choice."""
-    ok = _start_allowed(metre)[(pos_in_bar // 20).astype(np.int64)]                # [N, 60]
-    err = np.abs(CLASS_TICKS[None, :] - lengths[:, None])
+    original score among the allowed classes. `excluded` (int per note, EXCLUDE_* bits) narrows
+    the choice of notes whose length is no class; a note it leaves without a class keeps the
+    unnarrowed choice.
+
+    Scores only the _WINDOW classes nearest in length (the original scored about six); a note
+    whose best there might be beaten outside the window (every class scores at least its length
+    error) is scored against all 60."""
+    n = len(lengths)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    lo = np.clip(np.searchsorted(CLASS_TICKS, lengths) - _WINDOW // 2, 0, len(CLASS_TICKS) - _WINDOW)
+    cand = lo[:, None] + np.arange(_WINDOW)                                       # [N, W]
+    cls, best = _best(_start_allowed(metre)[(pos_in_bar // 20).astype(np.int64)[:, None], cand], cand, lengths,
+                      None if excluded is None else excluded[:, None])
+    outside = np.minimum(np.where(lo > 0, lengths - CLASS_TICKS[np.maximum(lo - 1, 0)], np.inf),
+                         np.where(lo + _WINDOW < len(CLASS_TICKS),
+                                  CLASS_TICKS[np.minimum(lo + _WINDOW, len(CLASS_TICKS) - 1)] - lengths, np.inf))
+    full = best > outside
+    if full.any():
+        rows = np.flatnonzero(full)
+        every = np.broadcast_to(np.arange(len(CLASS_TICKS)), (len(rows), len(CLASS_TICKS)))
+        cls[rows], _ = _best(_start_allowed(metre)[(pos_in_bar[rows] // 20).astype(np.int64)], every, lengths[rows],
+                             None if excluded is None else excluded[rows, None])
+    return cls
+
+
+def _best(ok: np.ndarray, cand: np.ndarray, lengths: np.ndarray, excluded: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(class, score) of the best allowed candidate per row (ok, cand: [N, K])."""
+    err = np.abs(CLASS_TICKS[cand] - lengths[:, None])
+    unsure = np.zeros(len(cand), bool)
     if excluded is not None:
         # a length that is exactly an allowed class is as written (notated, or quantised already)
-        narrowed = ok & ~excluded
-        keep = narrowed.any(axis=1, keepdims=True) & ~(ok & (err < 0.5)).any(axis=1, keepdims=True)
-        ok = np.where(keep, narrowed, ok)
-    score = err * (_FREQ + 1) + 15 * _FREQ
-    score = np.where(err < 0.5, -1.0, score)
-    return np.argmin(np.where(ok, score, np.inf), axis=1)
+        narrowed = ok & ((_CLASS_BITS[cand] & excluded) == 0)
+        exact = (ok & (err < 0.5)).any(axis=1)
+        some = narrowed.any(axis=1)
+        ok = np.where((some & ~exact)[:, None], narrowed, ok)
+        unsure = ~some & ~exact     # unnarrowed here, but a narrowed class may lie outside the candidates
+    score = err * (_FREQ[cand] + 1) + 15 * _FREQ[cand] + _TIE_BREAK[cand]
+    score = np.where(ok, np.where(err < 0.5, -1.0, score), np.inf)
+    k = np.argmin(score, axis=1)
+    r = np.arange(len(cand))
+    return cand[r, k], np.where(unsure, np.inf, score[r, k])
 
 
 def exclusions(onsets: np.ndarray, lengths: np.ndarray, tracks: np.ndarray, instruments: np.ndarray,
                bpm: np.ndarray, metre: Metre, options: QuantizeOptions) -> np.ndarray | None:
-    """bool [N, 60]: the classes each note may not take (None: no heuristic is on).
+    """int per note: EXCLUDE_* bits of the kinds of class it may not take (None: no heuristic on).
 
     onsets: model ticks from the range start (snapped); lengths: model ticks; bpm: quarter notes
     per minute at each note's start."""
-    n = len(onsets)
-    no_d32, no_d16, no_triplet = np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool)
     if not (options.rhythm_context or options.tempo_exclusions or options.instrument_exclusions):
         return None
+    bits = np.zeros(len(onsets), np.int64)
     if options.rhythm_context and not metre.compound:
         triplet, duple = rhythm_context(onsets, lengths, tracks)
-        no_d32 |= triplet
-        no_d16 |= triplet
-        no_triplet |= duple
+        bits |= np.where(triplet, EXCLUDE_D32 | EXCLUDE_D16, 0) | np.where(duple, EXCLUDE_TRIPLET, 0)
     if options.tempo_exclusions:
-        no_d32 |= bpm >= options.slow_bpm
-        no_d16 |= bpm > options.fast_bpm
+        bits |= np.where(bpm >= options.slow_bpm, EXCLUDE_D32, 0) | np.where(bpm > options.fast_bpm, EXCLUDE_D16, 0)
     if options.instrument_exclusions:
-        no_d32 |= np.isin(instruments, _NO_D32_CLASSES)
-        no_d16 |= np.isin(instruments, _TIMPANI)
-    return (no_d32[:, None] & _HAS_D32) | (no_d16[:, None] & _HAS_D16) | (no_triplet[:, None] & _HAS_TRIPLET)
+        bits |= np.where(np.isin(instruments, _NO_D32_CLASSES), EXCLUDE_D32, 0)
+        bits |= np.where(np.isin(instruments, _TIMPANI), EXCLUDE_D16, 0)
+    return bits
 
 
 def rhythm_context(onsets: np.ndarray, lengths: np.ndarray, tracks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -158,9 +192,14 @@ def tied_parts(onset: int, length: float, metre: Metre, limit: int) -> list[tupl
         step = bar - cur % bar
         if step > longest:        # a bar longer than the longest class (5/4, 7/4): to a beat 4 beats on
             step = 4 * 480 - cur % 480
-        cls = int(choose_durations(np.array([cur % bar]), np.array([float(step)]), metre)[0])
-        parts.append((cur, cls))
+        parts.append((cur, _one_duration(cur % bar, step, metre)))
         cur, remaining = cur + step, remaining - step
     if remaining >= MIN_TAIL and cur < limit:
-        parts.append((cur, int(choose_durations(np.array([cur % bar]), np.array([remaining]), metre)[0])))
+        parts.append((cur, _one_duration(cur % bar, int(round(remaining)), metre)))
     return parts
+
+
+@lru_cache(maxsize=65536)
+def _one_duration(pos_in_bar: int, length: int, metre: Metre) -> int:
+    """choose_durations for one note (a tied part: few distinct ones, so cached)."""
+    return int(choose_durations(np.array([pos_in_bar]), np.array([float(length)]), metre)[0])

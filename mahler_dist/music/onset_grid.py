@@ -15,6 +15,7 @@ import numpy as np
 from mahler_dist.music.timing import Metre, decompose_gap
 
 GAP_MOVED = "onset moved to a gap a time class expresses"
+COARSE = "onset snapped to the beat or 16th, not the 32nd point beside it"
 
 _BEAT = 480
 _SEARCH = 160   # the farthest a gap repair moves an onset (1/3 beat), in model ticks
@@ -28,6 +29,39 @@ def snap_onsets(onsets: np.ndarray, metre: Metre) -> np.ndarray:
     triple = np.floor(onsets / 80 + 0.5) * 80
     use_triple = np.abs(triple - onsets) < np.abs(duple - onsets)
     return np.where(use_triple, triple, duple).astype(np.int64)
+
+
+def snap_coarse_first(onsets: np.ndarray, metre: Metre, tracks: np.ndarray, exact_tolerance: float,
+                      fast_gap: float) -> tuple[np.ndarray, int]:
+    """Onsets snap to the coarse grid (1/4 and 1/3 beat; 1/3 in compound metres) unless the fine
+    one (1/8, 1/6 beat) is meant: the onset is within `exact_tolerance` of a fine point (notated
+    32nds), or its track plays fast there (a neighbouring onset of the track under `fast_gap`
+    away: a run of 32nds or sextuplets). Performed and staggered parts, a few ticks late or
+    early, then land on the beat or the 16th they belong to, not on the 32nd point next to it.
+    Returns (snapped, number of onsets that the fine grid alone would have put elsewhere)."""
+    fine = snap_onsets(onsets, metre)
+    if metre.compound:
+        coarse = (np.floor(onsets / 160 + 0.5) * 160).astype(np.int64)
+    else:
+        duple = np.floor(onsets / 120 + 0.5) * 120
+        triple = np.floor(onsets / 160 + 0.5) * 160
+        coarse = np.where(np.abs(triple - onsets) < np.abs(duple - onsets), triple, duple).astype(np.int64)
+    differ = fine != coarse
+    if not differ.any():
+        return fine, 0
+    use_fine = np.abs(onsets - fine) <= exact_tolerance
+    # the nearest other onset of the same track (a chord's notes share one onset, and so its context)
+    key = tracks * (1 << 40) + np.round(onsets).astype(np.int64)
+    unique, inverse = np.unique(key, return_inverse=True)
+    same = (unique[1:] >> 40) == (unique[:-1] >> 40)
+    step = np.where(same, (unique[1:] - unique[:-1]).astype(np.float64), np.inf)
+    near = np.full(len(unique), np.inf)
+    near[1:] = step
+    near[:-1] = np.minimum(near[:-1], step)
+    fast = near[inverse.reshape(-1)] < fast_gap
+    use_fine |= fast
+    out = np.where(use_fine, fine, coarse)
+    return out, int((differ & ~use_fine).sum())
 
 
 @lru_cache(maxsize=None)

@@ -34,7 +34,15 @@ from mahler_dist.music import note_repairs as R
 from mahler_dist.music.channel_limit import DROPPED as CHANNEL_DROPPED
 from mahler_dist.music.channel_limit import limit_instruments
 from mahler_dist.music.durations import UNIFIED, choose_durations, exclusions, longest_duration, tied_parts, unify_chords
-from mahler_dist.music.onset_grid import GAP_MOVED, unreachable_gaps, repair_gaps_forward, repair_gaps_minimal, snap_onsets
+from mahler_dist.music.onset_grid import (
+    COARSE,
+    GAP_MOVED,
+    repair_gaps_forward,
+    repair_gaps_minimal,
+    snap_coarse_first,
+    snap_onsets,
+    unreachable_gaps,
+)
 from mahler_dist.music.timing import CLASS_TICKS, Metre, UnsupportedMetre, normalise_metre
 from mahler_dist.music.vocab import NUM_PITCHES, PITCH_LOW
 
@@ -124,7 +132,12 @@ def _quantise_range(notes: np.ndarray, bpm: np.ndarray, rng: MetreRange, options
     if len(notes) == 0:
         return np.zeros((0, 5), np.int64), n_bars, np.zeros((0, 2))
     exact = (notes[:, NoteCol.START] - rng.start) / scale
-    onsets = snap_onsets(exact, metre)
+    if options.coarse_grid:
+        onsets, coarse = snap_coarse_first(exact, metre, notes[:, NoteCol.TRACK], options.fine_tolerance_beats * 480,
+                                           options.fast_gap_beats * 480)
+        stats[f"moved: {COARSE}"] += coarse
+    else:
+        onsets = snap_onsets(exact, metre)
     order = np.argsort(onsets, kind="stable")
     notes, exact, onsets, bpm = notes[order], exact[order], onsets[order], bpm[order]
     if options.gap_repair == "minimal":
@@ -172,22 +185,22 @@ def _quantise_range(notes: np.ndarray, bpm: np.ndarray, rng: MetreRange, options
         pitch, program = notes[k, pitch_col], instruments[k]
         for pos, cls in parts:
             rows.append(np.array([[pos // bar, pos % bar, cls, pitch, program]]))
-    _check_quantisable(onsets, metre, rng, options)
+    check_quantisable(onsets, rng, options)
     errors = np.stack([np.abs(onsets - exact), np.abs(quantised_lengths - source_lengths)], 1) / 480
     return np.concatenate(rows).astype(np.int64), n_bars, errors
 
 
-class _Unquantisable(Exception):
-    pass
+class Unquantisable(Exception):
+    """A metre range loses too many notes to the grid (quantize turns it into a MidiReadError)."""
 
 
-def _check_quantisable(onsets: np.ndarray, metre: Metre, rng: MetreRange, options: QuantizeOptions) -> None:
+def check_quantisable(onsets: np.ndarray, rng: MetreRange, options: QuantizeOptions) -> None:
     """Reject the file when too many of a range's notes sit where no time class reaches (the
     rows would drop them): the original's 5% rule, with a reason."""
     u, counts = np.unique(onsets, return_counts=True)
-    lost = int(counts[unreachable_gaps(u, metre)].sum())
+    lost = int(counts[unreachable_gaps(u, rng.metre)].sum())
     if lost and lost > options.max_unquantisable_fraction * len(onsets):
-        raise _Unquantisable(
+        raise Unquantisable(
             f"{lost} of {len(onsets)} notes of the {rng.label} range at tick {rng.start} cannot be placed on the "
             f"grid ({100 * lost / len(onsets):.1f}% > data.quantize.max_unquantisable_fraction "
             f"{100 * options.max_unquantisable_fraction:g}%)")
@@ -226,7 +239,7 @@ def quantize(score: Score, name: str, options: QuantizeOptions = DEFAULT_OPTIONS
             continue
         try:
             local, n_bars, range_errors = _quantise_range(notes[inside], bpm[inside], rng, options, stats)
-        except _Unquantisable as e:
+        except Unquantisable as e:
             raise MidiReadError(name, str(e)) from None
         errors.append(range_errors)
         chunk.append((local, n_bars, rng.metre))
