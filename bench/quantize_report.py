@@ -22,6 +22,7 @@ corpus, for quick runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import re
@@ -44,7 +45,7 @@ from mahler_dist.music.midi_io import DROP_DRUMS, read_midi  # noqa: E402
 from mahler_dist.music.piece import Piece, PieceCol  # noqa: E402
 from mahler_dist.music.quantize import metre_ranges, quantize  # noqa: E402
 from mahler_dist.music.quantize_options import DEFAULT_OPTIONS, SWITCHES, QuantizeOptions  # noqa: E402
-from mahler_dist.music.score import Score  # noqa: E402
+from mahler_dist.music.score import NoteCol, Score, sort_notes  # noqa: E402
 from mahler_dist.music.timing import TIME_CLASSES  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,6 +60,8 @@ WRAP = 100        # paragraph width in the report
 TRIPLET = np.array([any(p.startswith("t") for p in c.parts) for c in TIME_CLASSES])
 DUPLET = np.array([bool(c.parts) for c in TIME_CLASSES]) & ~TRIPLET
 GRID = ("1/8 only", "1/6 only", "both", "off both")
+HUMAN_ONSET = 12     # ticks (480 per quarter): the onset jitter of the humanised copy, one sigma
+HUMAN_HOLD = 0.7     # the humanised copy holds each note for U(HUMAN_HOLD, 1) of its length
 
 LEGEND = (
     "Columns: `first` is the first quantiser (`QuantizeOptions.first()`, every heuristic off), "
@@ -68,7 +71,11 @@ LEGEND = (
     "quantised source note (`Piece.quantisation_error`), in beats. Grid shares are over note rows: "
     "POS % 60 == 0 is on the 1/8-beat grid, POS % 80 == 0 on the 1/6-beat grid (the goal for off both "
     "is 0%). Onsets on odd 1/8 points (32nds in 4/4) indicate smearing. Bars compare each piece with "
-    "its metre map, over the metres the variant models. Speed is source notes over the time in "
+    "its metre map, over the metres the variant models. The humanised copy of each score has every "
+    f"onset moved by N(0, {HUMAN_ONSET} ticks) (480 per quarter) and every note held for "
+    f"U({HUMAN_HOLD}, 1) of its length; a note is recovered when the copy's quantisation has it at the "
+    "same bar, position, pitch and instrument (and duration) as the score's, under the same variant. "
+    "Speed is source notes over the time in "
     "quantize() alone, every variant on the same parsed Scores, interleaved file by file: read the "
     "ratio to `first`, not the absolute figure."
 )
@@ -145,6 +152,7 @@ class Tally:
     onsets: Counter = field(default_factory=Counter)       # note rows by GRID class, and "odd 1/8"
     durations: Counter = field(default_factory=Counter)    # note rows: "triplet", "duplet"
     bar_ratios: list = field(default_factory=list)         # piece bars / source bars, per piece
+    recovery: Counter = field(default_factory=Counter)     # humanised copy vs the score: "notes", "onsets", "durations"
 
     def add(self, score: Score, piece: Piece | None, seconds: float, bars: float) -> None:
         self.files += 1
@@ -173,6 +181,43 @@ class Tally:
         return sum(self.onsets[g] for g in GRID)
 
 
+def humanise(score: Score, seed: int) -> Score:
+    """A performed copy of `score`: every onset moved by N(0, HUMAN_ONSET) ticks (clipped to +-2.5
+    sigma; chords smear, as played), every note held for U(HUMAN_HOLD, 1) of its length (played
+    short). Deterministic per seed; metres and tempi are the score's."""
+    rng = np.random.default_rng(seed)
+    notes = score.notes.copy()
+    n = len(notes)
+    if n == 0:
+        return score
+    start = notes[:, NoteCol.START].astype(np.float64)
+    length = (notes[:, NoteCol.END] - notes[:, NoteCol.START]).astype(np.float64)
+    jitter = np.clip(rng.normal(0, HUMAN_ONSET, n), -2.5 * HUMAN_ONSET, 2.5 * HUMAN_ONSET)
+    new_start = np.maximum(np.round(start + jitter), 0)
+    new_len = np.maximum(np.round(length * rng.uniform(HUMAN_HOLD, 1.0, n)), 1)
+    notes[:, NoteCol.START] = new_start.astype(np.int64)
+    notes[:, NoteCol.END] = (new_start + new_len).astype(np.int64)
+    return dataclasses.replace(score, notes=sort_notes(notes))
+
+
+def recovered(clean: Piece, played: Piece | None) -> tuple[int, int, int]:
+    """(notes of the clean piece, how many the played copy has at the same bar, position, pitch
+    and instrument, and how many also with the same duration class), as multisets."""
+    cols = [PieceCol.BAR, PieceCol.POS, PieceCol.PITCH, PieceCol.INSTR]
+    total = len(clean.notes)
+    if played is None or total == 0:
+        return total, 0, 0
+
+    def overlap(a: np.ndarray, b: np.ndarray) -> int:
+        ca = Counter(map(tuple, a.tolist()))
+        cb = Counter(map(tuple, b.tolist()))
+        return sum((ca & cb).values())
+
+    onsets = overlap(clean.notes[:, cols], played.notes[:, cols])
+    durations = overlap(clean.notes[:, cols + [PieceCol.DUR]], played.notes[:, cols + [PieceCol.DUR]])
+    return total, onsets, durations
+
+
 def quantize_timed(score: Score, name: str,
                    options: QuantizeOptions) -> tuple[Piece | None, float, str | None]:
     """(piece or None, seconds in quantize(), rejection reason or None)."""
@@ -185,7 +230,7 @@ def quantize_timed(score: Score, name: str,
 
 
 def measure(label: str, scores: list[tuple[str, Score]],
-            variants: dict[str, QuantizeOptions]) -> dict[str, Tally]:
+            variants: dict[str, QuantizeOptions], humanised: bool) -> dict[str, Tally]:
     tallies = {v: Tally() for v in variants}
     names = list(variants)
     step = max(1, len(scores) // 10)
@@ -193,11 +238,15 @@ def measure(label: str, scores: list[tuple[str, Score]],
         bars = {additive: source_bars(score, additive) for additive in (False, True)}
         quantize_timed(score, name, DEFAULT_OPTIONS)     # untimed: the first pass over a score is slower
         turn = i % len(names)
+        played = humanise(score, seed=i)
         for v in names[turn:] + names[:turn]:            # each variant takes every turn in the order
             piece, seconds, reason = quantize_timed(score, name, variants[v])
             tallies[v].add(score, piece, seconds, bars[variants[v].additive_metres])
             if reason is not None:
                 tallies[v].rejected[reason_key(reason)] += 1
+            elif humanised:
+                total, onsets, durations = recovered(piece, quantize_timed(played, name, variants[v])[0])
+                tallies[v].recovery.update(notes=total, onsets=onsets, durations=durations)
         if (i + 1) % step == 0 or i + 1 == len(scores):
             progress(f"{label}: {i + 1}/{len(scores)} files x {len(names)} variants")
     for v, t in tallies.items():
@@ -278,6 +327,9 @@ def metric_rows(tallies: dict[str, Tally]) -> Rows:
         ("durations triplet / duplet",
          [f"{pct(t.durations['triplet'], t.rows)} / {pct(t.durations['duplet'], t.rows)}" for t in ts]),
         ("bars / source bars: median (mean)", [bar_ratio_cell(t.bar_ratios) for t in ts]),
+        ("humanised copy: onsets recovered", [pct(t.recovery["onsets"], t.recovery["notes"]) for t in ts]),
+        ("humanised copy: onset and duration recovered",
+         [pct(t.recovery["durations"], t.recovery["notes"]) for t in ts]),
         *speed_rows(tallies),
     ]
 
@@ -352,6 +404,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, metavar="PATH", help="also write the Markdown report here")
     ap.add_argument("--results", action="store_true",
                     help=f"write the report into bench/RESULTS.md as the section {SECTION!r}")
+    ap.add_argument("--no-humanise", action="store_true", help="skip the humanised-copy recovery rows (half the time)")
     args = ap.parse_args()
     variants = pick_variants(args.variants)
     started, load_avg, t0 = datetime.now(), os.getloadavg()[0], time.perf_counter()
@@ -364,7 +417,8 @@ def main() -> None:
         files = load(corpus, args.limit)
         scores, unreadable = parse(files)
         progress(f"{name}: {len(files)} files read, {len(scores)} parsed")
-        sections += corpus_section(name, files, scores, unreadable, measure(name, scores, variants))
+        sections += corpus_section(name, files, scores, unreadable,
+                                   measure(name, scores, variants, humanised=not args.no_humanise))
 
     wall = time.perf_counter() - t0
     report = "\n".join(header(sys.argv[1:], started, load_avg, wall) + sections).rstrip() + "\n"

@@ -1,8 +1,8 @@
 """Repairs on a Score's notes before they meet the grid (reference section 2.2, reworked).
 
-The onset repairs take notes (int64 [N, 6], score.NoteCol columns, score ticks at 480 per
-quarter), the end repairs the snapped onsets of a metre range; each returns what it repaired and
-how many it changed; the quantiser counts those under
+grace_to_downbeat takes notes (int64 [N, 6], score.NoteCol columns, score ticks at 480 per
+quarter); the others work on the onsets of one metre range in model ticks (so their windows can
+be kept under the metre's grid step). Each returns what it repaired and how many it changed; the quantiser counts those under
 "moved: <reason>" in Piece.stats. Each one is a switch of QuantizeOptions. All work per track
 (the unit in which a performer or an engraver wrote a voice), vectorised except where a rule is
 sequential by nature, and then only over the few notes it applies to.
@@ -22,42 +22,46 @@ LEGATO = "end held to the next onset (legato)"
 OVERLAP = "end cut at the next onset (overlap)"
 
 
-def cluster_onsets(notes: np.ndarray, window: int) -> tuple[np.ndarray, int]:
-    """A note starting less than `window` ticks after the first onset of its track's current
-    cluster starts with it (a chord played or entered a little staggered). The cluster's head is
-    its first onset, not the previous note's (so a fast run never chains into one chord); the
-    note keeps its end."""
-    if len(notes) == 0:
-        return notes, 0
-    key = notes[:, TRACK] * (1 << 40) + notes[:, START]
-    onsets, inverse = np.unique(key, return_inverse=True)
-    track, start = onsets >> 40, onsets & ((1 << 40) - 1)
-    close = np.zeros(len(onsets), dtype=bool)
-    close[1:] = (track[1:] == track[:-1]) & (start[1:] - start[:-1] < window)
+def cluster_onsets(onsets: np.ndarray, tracks: np.ndarray, window: float) -> tuple[np.ndarray, int]:
+    """A note starting less than `window` after the first onset of its track's current cluster
+    starts with it (a chord played or entered a little staggered). The cluster's head is its
+    first onset, not the previous note's (so a fast run never chains into one chord).
+    onsets: float or int, one unit (model ticks of a metre range). Returns (onsets, moved)."""
+    if len(onsets) == 0:
+        return onsets, 0
+    order = np.lexsort((onsets, tracks))
+    t, o = tracks[order], onsets[order]
+    first = np.ones(len(o), dtype=bool)                  # one entry per distinct (track, onset)
+    first[1:] = (t[1:] != t[:-1]) | (o[1:] != o[:-1])
+    group = np.cumsum(first) - 1
+    ut, uo = t[first], o[first]
+    close = np.zeros(len(uo), dtype=bool)
+    close[1:] = (ut[1:] == ut[:-1]) & (uo[1:] - uo[:-1] < window)
     if not close.any():
-        return notes, 0
-    snapped = start.copy()
+        return onsets, 0
+    snapped = uo.copy()
     for i in np.flatnonzero(close).tolist():   # only onsets near their predecessor: sequential, few
-        if start[i] - snapped[i - 1] < window:
+        if uo[i] - snapped[i - 1] < window:
             snapped[i] = snapped[i - 1]
-    new_start = snapped[inverse.reshape(-1)]
-    moved = new_start != notes[:, START]
-    out = notes.copy()
-    out[:, START] = new_start
-    return out, int(moved.sum())
+    out = onsets.copy()
+    out[order] = snapped[group]
+    return out, int((out != onsets).sum())
 
 
-def grace_to_downbeat(notes: np.ndarray, change_ticks: np.ndarray, window: int) -> tuple[np.ndarray, int]:
-    """Notes starting less than `window` ticks before a time-signature change start on it: a
-    grace note or a slightly early entry belongs to the new metre's first downbeat, not to a bar
-    of the old metre of its own. A note moved past its end keeps its length."""
+def grace_to_downbeat(notes: np.ndarray, change_ticks: np.ndarray, windows: np.ndarray) -> tuple[np.ndarray, int]:
+    """Notes starting less than windows[k] ticks before the time-signature change at
+    change_ticks[k] (sorted) start on it: a grace note or a slightly early entry belongs to the
+    new metre's first downbeat, not to a bar of the old metre of its own. A note moved past its
+    end keeps its length."""
     if len(notes) == 0 or len(change_ticks) == 0:
         return notes, 0
-    change_ticks = np.sort(np.asarray(change_ticks, dtype=np.int64))
+    change_ticks = np.asarray(change_ticks, dtype=np.int64)
+    windows = np.broadcast_to(np.asarray(windows, dtype=np.float64), change_ticks.shape)
     nxt = np.searchsorted(change_ticks, notes[:, START], side="right")
     has = nxt < len(change_ticks)
-    target = change_ticks[np.minimum(nxt, len(change_ticks) - 1)]
-    move = has & (target - notes[:, START] < window)
+    k = np.minimum(nxt, len(change_ticks) - 1)
+    target = change_ticks[k]
+    move = has & (target - notes[:, START] < windows[k])
     if not move.any():
         return notes, 0
     out = notes.copy()

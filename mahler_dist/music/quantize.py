@@ -1,36 +1,47 @@
-"""Score -> Piece: snap notes onto MahlerNet's grid, metre range by metre range.
+"""Score -> Piece: MahlerNet's quantiser and its heuristics (reference sections 2.2-2.6).
 
-This is the first quantiser (a later issue adds the full MahlerNet heuristics of reference
-sections 2.2-2.6). Its steps are separate functions so that those heuristics can replace them:
+A piece goes through these steps; each heuristic is a switch of QuantizeOptions (data.quantize in
+a config; QuantizeOptions.first() is the first quantiser, every heuristic off) and every note it
+moves or drops is counted by reason in Piece.stats ("moved: ...", "dropped: ..."):
 
-1. `metre_ranges`   cut the score at time-signature changes; unsupported metres end a chunk;
-2. `snap_onsets`    onsets to the nearest grid point (1/8 and 1/6 beat; 1/6 in compound metres);
-3. `make_gaps_representable`  move the rare onset whose distance to the previous one no sum of
-                    time classes expresses (20, 40 or 100 model ticks) onto the nearest one that is;
-4. `choose_durations`  nearest allowed duration class, with the original's rarity prior and
-                    start-position rules; notes longer than the longest class become tied parts
-                    (re-articulated, as in the original: lossy);
-5. `assemble`       ranges -> bars (each range padded to whole bars), chunks trimmed of leading
-                    silence (whole bars) and ended at the first bar line after the last note.
+1. `metre_ranges`  the score cut at time-signature changes; unsupported metres end a chunk.
+                   Additive metres (5/4, 7/8, 15/8, ...) are bars of that many beats.
+2. `repair_notes`  grace notes just before a metre change onto its downbeat.
+3. per metre range (`_quantise_range`), in model ticks (480 per beat of the metre):
+   - chord clustering per track (note_repairs.cluster_onsets);
+   - onsets snap to the grid (onset_grid: coarse first, the fine grid where the source means it);
+   - unreachable gaps between neighbouring onsets are repaired by moving one onset of the pair,
+     never one on a beat (onset_grid.repair_gaps_minimal);
+   - ends off the grid snap to the next onset of their track when the note is played legato or
+     overlaps it (note_repairs.legato_and_overlap);
+   - durations: the original's scored choice among the classes the metre, the start and the
+     note's rhythm context and instrument allow; chords agree on their majority duration; notes
+     longer than the longest class become tied parts (durations.py);
+   - a range that still loses too many notes rejects the file with the reason (check_quantisable).
+4. `_assemble_chunk`  ranges -> bars (each padded to whole bars), chunks trimmed of leading
+                   silence (whole bars) and ended at the first bar line after the last note.
+5. unison doublings on one instrument class are merged; at most `max_instruments` classes sound
+   at once (channel_limit).
 
-Lossy, and counted in Piece.stats: unmapped instruments (GM 112-127), drums, notes in
-unsupported metres ("dropped: ..."); unison doublings on one instrument class ("merged: ...");
-pitches outside MIDI 18..112 are folded by octaves.
+What is written exactly (on the grid, a class length) is left as it is: a quantised piece
+quantises to itself. Pitches outside MIDI 18..112 are folded by octaves; unmapped instruments
+(GM 112-127) and drums are dropped and counted.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+
 import numpy as np
 
 from mahler_dist.errors import MidiReadError
 from mahler_dist.music import piece as P
 from mahler_dist.music.instruments import PROGRAM_TO_CLASS, UNMAPPED
 from mahler_dist.music.piece import Bar, Piece, PieceCol
+from mahler_dist.music import note_repairs as R
 from mahler_dist.music.quantize_options import DEFAULT_OPTIONS, QuantizeOptions
 from mahler_dist.music.score import MetreChange, NoteCol, Score
-from mahler_dist.music import note_repairs as R
 from mahler_dist.music.channel_limit import DROPPED as CHANNEL_DROPPED
 from mahler_dist.music.channel_limit import limit_instruments
 from mahler_dist.music.durations import UNIFIED, choose_durations, exclusions, longest_duration, tied_parts, unify_chords
@@ -53,6 +64,7 @@ class MetreRange:
     end: int
     metre: Metre | None      # None: unsupported
     label: str               # the time signature as written
+    end_is_change: bool = False  # another range follows (its end is a time-signature change)
 
 
 def metre_ranges(score: Score, additive: bool = True) -> list[MetreRange]:
@@ -71,7 +83,7 @@ def metre_ranges(score: Score, additive: bool = True) -> list[MetreRange]:
             metre: Metre | None = normalise_metre(change.numerator, change.denominator, additive)
         except UnsupportedMetre:
             metre = None
-        ranges.append(MetreRange(change.tick, end, metre, str(change)))
+        ranges.append(MetreRange(change.tick, end, metre, str(change), i + 1 < len(changes)))
     return ranges
 
 
@@ -88,14 +100,20 @@ def fold_pitches(pitches: np.ndarray) -> np.ndarray:
 def repair_notes(notes: np.ndarray, ranges: list[MetreRange], options: QuantizeOptions,
                  stats: Counter) -> np.ndarray:
     """The score-level repairs of note_repairs, as the options switch them (counted in stats)."""
-    if options.cluster_onsets:
-        notes, n = R.cluster_onsets(notes, options.cluster_window)
-        stats[f"moved: {R.CLUSTERED}"] += n
     if options.grace_to_downbeat:
-        changes = np.array([r.start for r in ranges[1:] if r.metre is not None], dtype=np.int64)
-        notes, n = R.grace_to_downbeat(notes, changes, options.grace_window)
+        # the window stays under the finest grid step (1/8 beat) of the metre it leaves, so no
+        # note written on that metre's grid moves
+        after = [(i, r) for i, r in enumerate(ranges) if i and r.metre is not None]
+        changes = np.array([r.start for _, r in after], dtype=np.int64)
+        windows = np.array([min(options.grace_window, _finest_step(ranges[i - 1].metre)) for i, _ in after])
+        notes, n = R.grace_to_downbeat(notes, changes, windows)
         stats[f"moved: {R.GRACE}"] += n
     return notes
+
+
+def _finest_step(metre: Metre | None) -> float:
+    """The 1/8-beat grid step of `metre` in score ticks (a quarter's eighth where unsupported)."""
+    return 60 * float(metre.tick_scale) if metre is not None else 60.0
 
 
 _CLASS_LENGTHS = np.unique(CLASS_TICKS[1:])
@@ -127,11 +145,14 @@ def _quantise_range(notes: np.ndarray, bpm: np.ndarray, rng: MetreRange, options
     span = (rng.end - rng.start) / scale
     # a range a grace window longer than whole bars (a time signature placed a little late) is
     # not padded with a bar of its own: its notes there have moved to the next range's downbeat
-    slack = options.grace_window / scale if options.grace_to_downbeat else 1e-9
+    slack = min(options.grace_window / scale, 60) if options.grace_to_downbeat and rng.end_is_change else 1e-9
     n_bars = max(1, int(np.ceil((span - slack) / bar)))
     if len(notes) == 0:
         return np.zeros((0, 5), np.int64), n_bars, np.zeros((0, 2))
     exact = (notes[:, NoteCol.START] - rng.start) / scale
+    if options.cluster_onsets:   # a window under the 1/8 beat: notes written on the grid never cluster
+        exact, clustered = R.cluster_onsets(exact, notes[:, NoteCol.TRACK], min(options.cluster_window / scale, 60))
+        stats[f"moved: {R.CLUSTERED}"] += clustered
     if options.coarse_grid:
         onsets, coarse = snap_coarse_first(exact, metre, notes[:, NoteCol.TRACK], options.fine_tolerance_beats * 480,
                                            options.fast_gap_beats * 480)

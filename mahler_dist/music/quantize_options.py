@@ -43,11 +43,11 @@ class QuantizeOptions:
 
     legato_repair: bool = True
     """A note ending just before the next onset of its track (a silence of at most
-    `legato_fraction` of its length and at most `legato_max_gap` ticks) is held to that onset.
+    `legato_fraction` of its length and under `legato_max_gap` ticks) is held to that onset.
     The original held every note shorter than two beats over any silence under a quarter, which
-    turned staccato into legato."""
-    legato_fraction: float = 0.25
-    legato_max_gap: int = 60
+    turned staccato into legato. Only ends off the grid are held (what is written stays)."""
+    legato_fraction: float = 0.35
+    legato_max_gap: int = 120
 
     overlap_repair: bool = True
     """A note overlapping the next onset of its track by less than `overlap_fraction` of its

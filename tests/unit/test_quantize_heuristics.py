@@ -69,12 +69,20 @@ def test_a_late_played_chord_is_clustered():
 
 
 def test_clustering_follows_the_first_onset_and_stays_in_its_track():
-    notes = np.array([[0, 100, 60, 0, 0, 0], [25, 100, 62, 0, 0, 0], [50, 100, 64, 0, 0, 0],
-                      [10, 100, 70, 0, 0, 1]], dtype=np.int64)
-    out, moved = R.cluster_onsets(notes, 30)
-    # 25 joins the cluster that began at 0; 50 is 50 after it, so it starts a new one (no
-    # chaining through 25); the note in track 1 is another part and keeps its time
-    assert out[:, NoteCol.START].tolist() == [0, 0, 50, 10] and moved == 1
+    onsets = np.array([0.0, 25, 25, 50, 10])
+    tracks = np.array([0, 0, 0, 0, 1])
+    out, moved = R.cluster_onsets(onsets, tracks, 30)
+    # 25 (twice: a chord) joins the cluster that began at 0; 50 is 50 after it, so it starts a
+    # new one (no chaining through 25); the note in track 1 is another part and keeps its time
+    assert out.tolist() == [0, 0, 0, 50, 10] and moved == 2
+
+
+def test_no_window_reaches_across_a_step_of_the_grid():
+    # in 3/16 a 1/8 beat (a 128th note) is 15 score ticks: notes written that close are not
+    # clustered, however wide cluster_window is in score ticks
+    score = make_score([(0, 15, 60), (15, 30, 62), (30, 45, 64)], metres=((0, 3, 16),))
+    piece = quantize(score, "fine", only("cluster_onsets"))
+    assert [pos for _, pos, _ in placed(piece)] == [0, 60, 120]
 
 
 def test_a_late_entry_lands_on_the_beat_not_on_the_32nd_point_beside_it():
