@@ -5,8 +5,9 @@
         [--variants "first,default,no cluster_onsets,..."]
 
 Variants: "first" (QuantizeOptions.first(): every heuristic off), "default" (DEFAULT_OPTIONS) and
-"no NAME" for each switch in quantize_options.SWITCHES (the defaults with that one off); all of
-them unless --variants names some ("no-NAME" and "no_NAME" work too). Every file is read into
+"no NAME" / "with NAME" for each switch in quantize_options.SWITCHES (the defaults with that one
+switched off, or on where it is off by default); all of them unless --variants names some
+("no-NAME" and "no_NAME" work too). Every file is read into
 memory and parsed (read_midi) once; its Score is then quantised by every variant, file by file
 (after one untimed pass, in an order rotated from file to file), so that machine noise hits all
 variants alike. Only quantize() is timed; its speed is also given as a ratio to "first" in the
@@ -85,7 +86,8 @@ LEGEND = (
 
 def all_variants() -> dict[str, QuantizeOptions]:
     variants = {"first": QuantizeOptions.first(), "default": DEFAULT_OPTIONS}
-    variants.update({f"no {name}": DEFAULT_OPTIONS.without(name) for name in SWITCHES})
+    variants.update({f"{'no' if DEFAULT_OPTIONS.is_on(name) else 'with'} {name}": DEFAULT_OPTIONS.toggled(name)
+                     for name in SWITCHES})
     return variants
 
 
