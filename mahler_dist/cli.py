@@ -9,9 +9,11 @@ from mahler_dist.errors import MahlerError
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
+    from mahler_dist.config import load_config, resolve_config_path
     from mahler_dist.music_report import inspect_file
 
-    print(inspect_file(args.file, write_midi=args.write_midi))
+    options = load_config(resolve_config_path(args.config)).data.quantize
+    print(inspect_file(args.file, write_midi=args.write_midi, options=options))
     return 0
 
 
@@ -116,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="show what the representation makes of a MIDI file")
     p.add_argument("file", help="a .mid/.midi file")
     p.add_argument("--write-midi", metavar="OUT.mid", help="also write the round-tripped MIDI here")
+    p.add_argument("--config", help="a YAML file or preset whose data.quantize switches to use (default: the defaults)")
     p.set_defaults(func=_cmd_inspect)
 
     p = sub.add_parser("preprocess", help="ROOT/input/**.mid -> WebDataset shards, manifest and pieces (Ray Data)")

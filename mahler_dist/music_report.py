@@ -13,6 +13,7 @@ import numpy as np
 from mahler_dist.music.encode import EncodedPiece, decode_to_midi, encode_file
 from mahler_dist.music.instruments import INSTRUMENT_NAMES
 from mahler_dist.music.piece import PieceCol
+from mahler_dist.music.quantize_options import DEFAULT_OPTIONS, QuantizeOptions
 from mahler_dist.music.vocab import DURATION
 
 
@@ -49,9 +50,11 @@ def inspect_report(encoded: EncodedPiece) -> str:
     return "\n".join(lines)
 
 
-def inspect_file(path: str | Path, write_midi: str | Path | None = None) -> str:
-    """Report on `path`; with `write_midi`, also write the round-tripped MIDI there."""
-    encoded = encode_file(path)
+def inspect_file(path: str | Path, write_midi: str | Path | None = None,
+                 options: QuantizeOptions = DEFAULT_OPTIONS) -> str:
+    """Report on `path` quantised with `options`; with `write_midi`, also write the round-tripped
+    MIDI there."""
+    encoded = encode_file(path, options)
     report = inspect_report(encoded)
     if write_midi:
         Path(write_midi).write_bytes(decode_to_midi(encoded.rows, encoded.piece))

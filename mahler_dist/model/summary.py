@@ -93,4 +93,14 @@ def describe_text(config: Config) -> str:
         f"clip {clip.strip() or 'off'}, weight decay {t.weight_decay}",
         f"loss: KL {lo.kl_reduction} over dims, free bits {lo.free_bits}, beta "
         + (f"annealed to {lo.beta_max} (rate {lo.beta_rate})" if lo.beta_annealing else "1"),
+        *_quantiser(config.data.quantize),
     ]) + "\n"
+
+
+def _quantiser(q) -> list[str]:
+    """The data.quantize switches, on and off (music/quantize_options.py documents each)."""
+    from mahler_dist.music.quantize_options import SWITCHES
+
+    on = [n for n in SWITCHES if q.is_on(n)]
+    off = [n for n in SWITCHES if not q.is_on(n)]
+    return ["quantiser (data.quantize): on: " + ", ".join(on), "  off: " + (", ".join(off) or "none")]

@@ -45,14 +45,14 @@ def encode_score(score: Score, name: str, options: QuantizeOptions = DEFAULT_OPT
     return EncodedPiece(name, score, piece, rows, bar_windows(rows))
 
 
-def encode_bytes(data: bytes, name: str) -> EncodedPiece:
+def encode_bytes(data: bytes, name: str, options: QuantizeOptions = DEFAULT_OPTIONS) -> EncodedPiece:
     """Raises MidiReadError(name, reason) for a file that cannot be read or leaves no notes."""
-    return encode_score(read_midi(data, name=name), name)
+    return encode_score(read_midi(data, name=name), name, options)
 
 
-def encode_file(path: str | Path) -> EncodedPiece:
+def encode_file(path: str | Path, options: QuantizeOptions = DEFAULT_OPTIONS) -> EncodedPiece:
     path = Path(path)
-    return encode_score(read_midi(path, name=str(path)), str(path))
+    return encode_score(read_midi(path, name=str(path)), str(path), options)
 
 
 def decode_to_midi(rows: PieceRows, template: Piece, programs: tuple[int, ...] | None = None) -> bytes:

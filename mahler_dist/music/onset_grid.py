@@ -35,8 +35,8 @@ def snap_coarse_first(onsets: np.ndarray, metre: Metre, tracks: np.ndarray, exac
                       fast_gap: float) -> tuple[np.ndarray, int]:
     """Onsets snap to the coarse grid (1/4 and 1/3 beat; 1/3 in compound metres) unless the fine
     one (1/8, 1/6 beat) is meant: the onset is within `exact_tolerance` of a fine point (notated
-    32nds), or its track plays fast there (a neighbouring onset of the track under `fast_gap`
-    away: a run of 32nds or sextuplets). Performed and staggered parts, a few ticks late or
+    32nds), or its track plays fast there (three onsets in a row, each under `fast_gap` after the
+    one before: a run of 32nds or sextuplets). Performed and staggered parts, a few ticks late or
     early, then land on the beat or the 16th they belong to, not on the 32nd point next to it.
     Returns (snapped, number of onsets that the fine grid alone would have put elsewhere)."""
     fine = snap_onsets(onsets, metre)
@@ -50,15 +50,15 @@ def snap_coarse_first(onsets: np.ndarray, metre: Metre, tracks: np.ndarray, exac
     if not differ.any():
         return fine, 0
     use_fine = np.abs(onsets - fine) <= exact_tolerance
-    # the nearest other onset of the same track (a chord's notes share one onset, and so its context)
+    # a run: three onsets of one track in a row, each under fast_gap after the one before (one
+    # close neighbour is a late chord note, not a run); a chord's notes share one onset
     key = tracks * (1 << 40) + np.round(onsets).astype(np.int64)
     unique, inverse = np.unique(key, return_inverse=True)
-    same = (unique[1:] >> 40) == (unique[:-1] >> 40)
-    step = np.where(same, (unique[1:] - unique[:-1]).astype(np.float64), np.inf)
-    near = np.full(len(unique), np.inf)
-    near[1:] = step
-    near[:-1] = np.minimum(near[:-1], step)
-    fast = near[inverse.reshape(-1)] < fast_gap
+    small = ((unique[1:] >> 40) == (unique[:-1] >> 40)) & (unique[1:] - unique[:-1] < fast_gap)
+    triple = np.zeros(len(unique) + 2, dtype=bool)        # triple[k + 2]: onsets k, k+1, k+2 are a run
+    triple[2:len(unique)] = small[:-1] & small[1:]
+    fast_onset = triple[2:] | triple[1:-1] | triple[:-2]   # onset k is in the run starting at k, k-1 or k-2
+    fast = fast_onset[inverse.reshape(-1)]
     use_fine |= fast
     out = np.where(use_fine, fine, coarse)
     return out, int((differ & ~use_fine).sum())

@@ -200,7 +200,8 @@ class GenerationService:
         model_id, gen = await self._model(req.model)
         windows = None
         if req.mode != "pred":
-            windows = await asyncio.to_thread(engine.request_windows, req, self.root)
+            windows = await asyncio.to_thread(engine.request_windows, req, self.root, engine.LIMITS,
+                                              gen.config.data.quantize)
         if req.mode in ("pred", "continue"):
             plan = await asyncio.to_thread(engine.plan_sampling, req, gen, windows)
             decoded, batch_size = await self._decode_batch((model_id, gen, plan.requests))

@@ -26,6 +26,7 @@ from mahler_dist.generate.output import parse_metre
 from mahler_dist.generate.sampler import Decoding, Temperatures
 from mahler_dist.generate.units import parse_unit
 from mahler_dist.music.encode import encode_score
+from mahler_dist.music.quantize_options import DEFAULT_OPTIONS, QuantizeOptions
 from mahler_dist.music.instruments import INSTRUMENT_NAMES
 from mahler_dist.music.midi_io import read_midi, write_midi
 from mahler_dist.music.piece import PieceCol
@@ -48,8 +49,10 @@ class RequestError(MahlerError, ValueError):
 # -- inputs ----------------------------------------------------------------------------------
 
 
-def upload_windows(b64: str, field: str = "midi", limits: ServeLimits = LIMITS) -> list[BarSample]:
-    """An uploaded MIDI (base64) as bar samples; errors name the field and the reason."""
+def upload_windows(b64: str, field: str = "midi", limits: ServeLimits = LIMITS,
+                   quantize: QuantizeOptions = DEFAULT_OPTIONS) -> list[BarSample]:
+    """An uploaded MIDI (base64) as bar samples, quantised as the model's data was
+    (`quantize`: its run's data.quantize); errors name the field and the reason."""
     if len(b64) > limits.max_upload_b64:
         raise RequestError(f"{field}: upload over {limits.max_upload_bytes} bytes", 413)
     try:
@@ -60,7 +63,7 @@ def upload_windows(b64: str, field: str = "midi", limits: ServeLimits = LIMITS) 
         raise RequestError(f"{field}: upload over {limits.max_upload_bytes} bytes ({len(data)})", 413)
     try:
         score = read_midi(data, name=f"upload {field!r}", limits=limits.read_limits())
-        encoded = encode_score(score, f"upload {field!r}")
+        encoded = encode_score(score, f"upload {field!r}", quantize)
     except MahlerError as e:
         raise RequestError(str(e), 400) from None
     if not encoded.samples:
@@ -78,8 +81,11 @@ def stored_windows(root: Path, piece: str) -> list[BarSample]:
         raise RequestError(f"piece {piece!r}: {str(e).split(': ', 1)[-1]}", 404) from None
 
 
-def request_windows(req: GenerateRequest, root: Path, limits: ServeLimits = LIMITS) -> list[BarSample]:
-    return upload_windows(req.midi, limits=limits) if req.midi is not None else stored_windows(root, req.piece)
+def request_windows(req: GenerateRequest, root: Path, limits: ServeLimits = LIMITS,
+                    quantize: QuantizeOptions = DEFAULT_OPTIONS) -> list[BarSample]:
+    if req.midi is not None:
+        return upload_windows(req.midi, limits=limits, quantize=quantize)
+    return stored_windows(root, req.piece)
 
 
 def temperatures_of(req: GenerateRequest, gen: Generator) -> Temperatures:

@@ -47,6 +47,6 @@ def test_corpus_fidelity(midi_dir, corpus):
     assert accepted >= 0.9 * len(files)
     # every source note is accounted for: kept, merged, or dropped under a named reason
     assert totals["kept notes"] + totals["merged: unison doubling"] + sum(dropped.values()) == totals["source notes"]
-    assert represented >= 0.95 * pitched
+    assert represented >= 0.995 * pitched   # issue 14: additive metres keep 5/4, 7/8, ...
     assert np.median(errors[:, 0]) == 0.0
     assert np.median(errors[:, 1]) <= 0.05

@@ -51,3 +51,13 @@ def test_no_module_of_the_package_shadows_the_standard_library():
     package = Path(__file__).resolve().parents[2] / "mahler_dist"
     modules = {p.stem for p in package.glob("*.py")} | {p.name for p in package.iterdir() if p.is_dir()}
     assert not modules & set(sys.stdlib_module_names)
+
+
+def test_inspect_counts_what_the_quantiser_moved_and_takes_a_config(tmp_path, capsys):
+    assert main(["inspect", str(EXAMPLE)]) == 0
+    moved = [line for line in capsys.readouterr().out.splitlines() if line.startswith("moved")]
+    assert moved and "end held to the next onset (legato)" in moved[0]
+    config = tmp_path / "q.yaml"
+    config.write_text("data:\n  quantize:\n    legato_repair: false\n")
+    assert main(["inspect", str(EXAMPLE), "--config", str(config)]) == 0
+    assert "legato" not in capsys.readouterr().out

@@ -291,3 +291,18 @@ def test_scoring_the_nearest_classes_chooses_what_scoring_all_60_does(monkeypatc
         monkeypatch.undo()
         for a, b in zip(windowed, everything):
             np.testing.assert_array_equal(a, b)
+
+
+def test_the_switches_are_config_keys_that_describe_shows_and_that_are_checked():
+    from mahler_dist.config import config_from_dict
+    from mahler_dist.errors import ConfigError
+    from mahler_dist.model.summary import describe_text
+
+    config = config_from_dict({"data": {"quantize": {"unify_chords": True, "coarse_grid": False}}})
+    assert config.data.quantize.unify_chords and not config.data.quantize.coarse_grid
+    on, off = describe_text(config).splitlines()[-2:]
+    assert "unify_chords" in on and "coarse_grid" in off
+    with pytest.raises(ConfigError, match="unknown key 'data.quantize.swing'"):
+        config_from_dict({"data": {"quantize": {"swing": True}}})
+    with pytest.raises(ConfigError, match="data.quantize.legato_fraction: must be in"):
+        config_from_dict({"data": {"quantize": {"legato_fraction": 1.5}}})

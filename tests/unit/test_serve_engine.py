@@ -56,6 +56,19 @@ def test_an_upload_is_read_by_the_projects_reader_into_bars():
     assert len(windows) == 33 and windows[0].metre == "3/4"
 
 
+def test_an_upload_is_quantised_with_the_models_data_options():
+    from mahler_dist.music.quantize_options import QuantizeOptions
+
+    # a chord whose second note enters 38 ticks late: one onset by default, two with the first
+    # quantiser (the late one on the 32nd point after the beat)
+    late = smf_of_messages([(0, mido.Message("note_on", note=60, velocity=64)),
+                            (38, mido.Message("note_on", note=64, velocity=64)),
+                            (470, mido.Message("note_off", note=60)), (470, mido.Message("note_off", note=64))])
+    later = lambda windows: int((windows[0].inputs[:, 0] > 0).sum())   # rows after the first onset
+    assert later(engine.upload_windows(b64(late))) == 0
+    assert later(engine.upload_windows(b64(late), quantize=QuantizeOptions.first())) == 1
+
+
 def _long_file(quarters: int) -> bytes:
     notes = [(0, mido.Message("note_on", note=60, velocity=64)),
              (quarters * 480, mido.Message("note_off", note=60))]
