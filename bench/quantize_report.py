@@ -66,7 +66,7 @@ HUMAN_HOLD = 0.7     # the humanised copy holds each note for U(HUMAN_HOLD, 1) o
 
 LEGEND = (
     "Columns: `first` is the first quantiser (`QuantizeOptions.first()`, every heuristic off), "
-    "`default` is `DEFAULT_OPTIONS`, `no X` is the defaults with switch X off. Notes kept are a share "
+    "`default` is `DEFAULT_OPTIONS`, `no X` / `with X` is the defaults with switch X off / on. Notes kept are a share "
     "of the pitched (non-drum) source notes of every parsed file; a rejected file keeps none. Dropped, "
     "merged and moved counts are summed over the accepted files. Onset and duration errors are per "
     "quantised source note (`Piece.quantisation_error`), in beats. Grid shares are over note rows: "

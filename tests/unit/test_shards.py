@@ -252,6 +252,17 @@ def test_encode_record_ok_and_too_long_bars(piano_file):
     assert len(S.piece_samples(stored.rows, 8)) == short["samples"]
 
 
+def test_the_manifest_counts_moved_notes_by_reason_with_the_configs_switches(piano_file):
+    from mahler_dist.music.quantize_options import QuantizeOptions
+
+    name, data = piano_file
+    rec, _ = encode_record(data, name, DataConfig())
+    assert rec["moved"] and all(isinstance(v, int) and v > 0 for v in rec["moved"].values())
+    plain, _ = encode_record(data, name, DataConfig(quantize=QuantizeOptions.first()))
+    legato = "end held to the next onset (legato)"
+    assert legato in rec["moved"] and legato not in plain["moved"]
+
+
 def test_encode_record_rejects_bad_input_with_a_reason(midi_dir):
     for path in sorted((midi_dir / "corrupt").rglob("*.mid"))[:15]:
         rec, npz = encode_record(path.read_bytes(), path.name, DataConfig())
