@@ -149,7 +149,7 @@ def _quantise_range(notes: np.ndarray, bpm: np.ndarray, rng: MetreRange, options
     n_bars = max(1, int(np.ceil((span - slack) / bar)))
     if len(notes) == 0:
         return np.zeros((0, 5), np.int64), n_bars, np.zeros((0, 2))
-    exact = (notes[:, NoteCol.START] - rng.start) / scale
+    exact = source = (notes[:, NoteCol.START] - rng.start) / scale
     if options.cluster_onsets:   # a window under the 1/8 beat: notes written on the grid never cluster
         exact, clustered = R.cluster_onsets(exact, notes[:, NoteCol.TRACK], min(options.cluster_window / scale, 60))
         stats[f"moved: {R.CLUSTERED}"] += clustered
@@ -160,7 +160,7 @@ def _quantise_range(notes: np.ndarray, bpm: np.ndarray, rng: MetreRange, options
     else:
         onsets = snap_onsets(exact, metre)
     order = np.argsort(onsets, kind="stable")
-    notes, exact, onsets, bpm = notes[order], exact[order], onsets[order], bpm[order]
+    notes, exact, onsets, bpm, source = notes[order], exact[order], onsets[order], bpm[order], source[order]
     if options.gap_repair == "minimal":
         repaired = repair_gaps_minimal(onsets, exact, metre)
     else:
@@ -168,7 +168,8 @@ def _quantise_range(notes: np.ndarray, bpm: np.ndarray, rng: MetreRange, options
     stats[f"moved: {GAP_MOVED}"] += int((repaired != onsets).sum())
     onsets = repaired
     source_lengths = (notes[:, NoteCol.END] - notes[:, NoteCol.START]) / scale
-    # the snapped onset moves the note; keep its end where it was, as far as the grid allows
+    # the snapped onset moves the note; keep its end where it was, as far as the grid allows (a
+    # clustered note keeps its length: it was played late, not long)
     ends = exact + source_lengths
     tracks, instruments = notes[:, NoteCol.TRACK], notes[:, NoteCol.PROGRAM]
     if options.legato_repair or options.overlap_repair:
@@ -207,7 +208,7 @@ def _quantise_range(notes: np.ndarray, bpm: np.ndarray, rng: MetreRange, options
         for pos, cls in parts:
             rows.append(np.array([[pos // bar, pos % bar, cls, pitch, program]]))
     check_quantisable(onsets, rng, options)
-    errors = np.stack([np.abs(onsets - exact), np.abs(quantised_lengths - source_lengths)], 1) / 480
+    errors = np.stack([np.abs(onsets - source), np.abs(quantised_lengths - source_lengths)], 1) / 480
     return np.concatenate(rows).astype(np.int64), n_bars, errors
 
 

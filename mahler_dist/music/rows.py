@@ -23,7 +23,7 @@ from mahler_dist.music.instruments import write_back_programs
 from mahler_dist.music.midi_io import assign_channels
 from mahler_dist.music.piece import Piece, PieceCol
 from mahler_dist.music.score import MetreChange, Score, sort_notes
-from mahler_dist.music.timing import CLASS_TICKS, Metre, allowed_classes, beat_position, class_of_ticks, decompose_gap
+from mahler_dist.music.timing import CLASS_TICKS, Metre, allowed_classes, beat_position, decompose_gap
 from mahler_dist.music.vocab import (
     ACTIVE_BYTES,
     BEAT,
@@ -77,9 +77,13 @@ def piece_to_rows(piece: Piece) -> PieceRows:
         metre, ref = bar.metre, 0
         gaps = _gap_table(metre)
         lo, hi = by_bar[b], by_bar[b + 1]
-        if lo == hi:   # empty bar: one pause row of a bar's length, beat slot 0 (reference 2.8)
-            rows.append((class_of_ticks(metre.bar_ticks), 0, 0, NONE, NONE))
-            snap_at.append((bar.start + metre.bar_score_ticks, lo))
+        if lo == hi:   # empty bar: pause rows of a bar's length, beat slot 0 (reference 2.8); a bar
+            # longer than the longest class (5/4, 7/8) takes several
+            filled = 0
+            for cls in gaps(metre.bar_ticks):
+                filled += int(CLASS_TICKS[cls])
+                rows.append((cls, beat_position(filled % metre.bar_ticks), 0, NONE, NONE))
+                snap_at.append((bar.start + metre.to_score_ticks(filled), lo))
         i = lo
         while i < hi:
             pos = positions[i]

@@ -306,3 +306,26 @@ def test_the_switches_are_config_keys_that_describe_shows_and_that_are_checked()
         config_from_dict({"data": {"quantize": {"swing": True}}})
     with pytest.raises(ConfigError, match="data.quantize.legato_fraction: must be in"):
         config_from_dict({"data": {"quantize": {"legato_fraction": 1.5}}})
+
+
+def test_what_the_original_deleted_is_kept_timpani_rolls_and_compound_sixths():
+    # a timpani roll of performed 16ths (the original excluded d16 for timpani and dropped it)
+    roll = make_score([(120 * k, 120 * k + 100, 45, 47) for k in range(32)])
+    piece = quantize(roll, "roll", DEFAULT_OPTIONS)
+    assert len(piece.notes) == 32 and sorted(pos + 1920 * bar for bar, pos, _ in placed(piece)) == [120 * k for k in range(32)]
+    # 1/6-beat values in 6/8 (a 1/6 beat is a 16th there): the original excluded t16 in every metre
+    sixths = make_score([(120 * k, 120 * k + 120, 60 + k % 12) for k in range(12)], metres=((0, 6, 8),))
+    piece = quantize(sixths, "sixths", DEFAULT_OPTIONS)
+    assert [cls for *_, cls in placed(piece)] == [2] * 12     # t16: 1/6 of a dotted-quarter beat
+
+
+def test_an_empty_additive_bar_becomes_pause_rows_and_decodes_back():
+    # 5/4 and 7/8 bars are longer than any class: a silent bar takes several pause rows
+    from mahler_dist.music.encode import decode_to_midi, encode_score
+
+    for metre, bar in (((0, 5, 4), 2400), ((0, 7, 8), 1680)):
+        score = make_score([(0, 480, 60), (2 * bar, 2 * bar + 240, 64)], metres=(metre,))
+        first = encode_score(score, "gap", DEFAULT_OPTIONS)
+        assert first.piece.num_bars == 3 and np.diff(first.rows.bar_starts)[1] >= 2
+        again = encode_score(read_midi(decode_to_midi(first.rows, first.piece)), "again", DEFAULT_OPTIONS)
+        np.testing.assert_array_equal(first.piece.notes, again.piece.notes)
