@@ -410,3 +410,16 @@ def test_one_rows_to_piece_for_templates_and_generated_bars():
     assert [b.start for b in onto_template.bars] == [b.start for b in onto_metres.bars]
     with pytest.raises(ValueError, match="bars"):
         music_rows.rows_to_piece(bars[:2], enc.piece.bars)
+
+
+@pytest.mark.parametrize("meter", ["5/4", "7/8"])
+def test_pred_in_an_additive_metre(trained, meter):
+    """Additive metres are modelled (issue 14): a model can be asked for bars of 5 or 7 beats."""
+    from mahler_dist.music.midi_io import read_midi
+
+    before = set(_files(trained, "*.mid"))
+    assert _cli(trained, "--type", "pred", "--units", "-", "--meter", meter, "--length", "3") == 0
+    made = sorted(set(_files(trained, "*.mid")) - before)
+    assert made
+    score = read_midi(made[-1].read_bytes())
+    assert [f"{m.numerator}/{m.denominator}" for m in score.metres] == [meter]
