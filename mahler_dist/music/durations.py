@@ -27,9 +27,9 @@ MIN_TAIL = 30
 
 #: Kinds of class a note may be refused (bits of exclusions()): with a d32 part, a d16 part, a triplet part.
 EXCLUDE_D32, EXCLUDE_D16, EXCLUDE_TRIPLET = 1, 2, 4
-_HAS_TRIPLET = np.array([any(p[0] == "t" for p in c.parts) for c in TIME_CLASSES])
 _CLASS_BITS = np.array([EXCLUDE_D32 * ("d32" in c.parts) | EXCLUDE_D16 * ("d16" in c.parts)
                         | EXCLUDE_TRIPLET * any(p[0] == "t" for p in c.parts) for c in TIME_CLASSES], dtype=np.int64)
+_HAS_TRIPLET = (_CLASS_BITS & EXCLUDE_TRIPLET) != 0
 #: Classes scored per note, nearest in length first (see choose_durations).
 _WINDOW = 8
 assert np.all(np.diff(CLASS_TICKS) > 0)   # the classes are sorted by length: a window is a neighbourhood

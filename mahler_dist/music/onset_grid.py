@@ -22,13 +22,18 @@ _SEARCH = 160   # the farthest a gap repair moves an onset (1/3 beat), in model 
 
 
 def snap_onsets(onsets: np.ndarray, metre: Metre) -> np.ndarray:
-    """Model-tick onsets (float) -> nearest grid point (int); ties go to the duple grid."""
-    if metre.compound:
-        return (np.floor(onsets / 80 + 0.5) * 80).astype(np.int64)
-    duple = np.floor(onsets / 60 + 0.5) * 60
-    triple = np.floor(onsets / 80 + 0.5) * 80
-    use_triple = np.abs(triple - onsets) < np.abs(duple - onsets)
-    return np.where(use_triple, triple, duple).astype(np.int64)
+    """Model-tick onsets (float) -> nearest point of the fine grid (int): 1/8 and 1/6 beat, 1/6
+    alone in compound metres; ties go to the duple grid."""
+    return _nearest(onsets, None if metre.compound else 60, 80)
+
+
+def _nearest(onsets: np.ndarray, duple: int | None, triple: int) -> np.ndarray:
+    """The nearest multiple of `duple` or `triple` ticks (ties: duple; `duple` None: triple only)."""
+    t = np.floor(onsets / triple + 0.5) * triple
+    if duple is None:
+        return t.astype(np.int64)
+    d = np.floor(onsets / duple + 0.5) * duple
+    return np.where(np.abs(t - onsets) < np.abs(d - onsets), t, d).astype(np.int64)
 
 
 def snap_coarse_first(onsets: np.ndarray, metre: Metre, tracks: np.ndarray, exact_tolerance: float,
@@ -40,12 +45,7 @@ def snap_coarse_first(onsets: np.ndarray, metre: Metre, tracks: np.ndarray, exac
     early, then land on the beat or the 16th they belong to, not on the 32nd point next to it.
     Returns (snapped, number of onsets that the fine grid alone would have put elsewhere)."""
     fine = snap_onsets(onsets, metre)
-    if metre.compound:
-        coarse = (np.floor(onsets / 160 + 0.5) * 160).astype(np.int64)
-    else:
-        duple = np.floor(onsets / 120 + 0.5) * 120
-        triple = np.floor(onsets / 160 + 0.5) * 160
-        coarse = np.where(np.abs(triple - onsets) < np.abs(duple - onsets), triple, duple).astype(np.int64)
+    coarse = _nearest(onsets, None if metre.compound else 120, 160)
     differ = fine != coarse
     if not differ.any():
         return fine, 0
