@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DEMO   ?= demo
 
-.PHONY: install browser demo test bench clean-demo
+.PHONY: install browser demo test test-cluster bench clean-demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ browser:
 
 test: install browser
 	$(BIN)/python -m pytest -q
+
+# The cluster checks, a CI step of their own (~4 min): the whole path on S3 (moto on 127.0.0.1)
+# across a simulated 3-node cluster, and `ray job submit` to a Ray head started for the test.
+test-cluster: install
+	$(BIN)/python -m pytest -q tests/cluster
 
 bench: install
 	$(BIN)/python bench/encode.py

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 
+from mahler_dist import storage
 from mahler_dist.errors import ConfigError
 from mahler_dist.music.quantize_options import QuantizeOptions
 
@@ -365,9 +366,9 @@ def load_config(path: str | Path | None) -> Config:
     """Load a YAML config file (None: the defaults). Errors name the file."""
     if path is None:
         return Config()
-    path = Path(path)
+    path = path if storage.is_uri(path) else Path(path)
     try:
-        text = path.read_text()
+        text = storage.read_bytes(path).decode()
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
     import yaml
@@ -380,7 +381,7 @@ def load_config(path: str | Path | None) -> Config:
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    Path(path).write_text(config.to_yaml())
+    storage.write_bytes(path, config.to_yaml().encode())
 
 
 def _presets_dir() -> Path:

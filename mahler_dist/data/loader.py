@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -45,8 +45,9 @@ from torch.utils.data import IterableDataset
 
 from mahler_dist.data.augment import transpose_sample
 from mahler_dist.data.collate import collate_bars
-from mahler_dist.data.shard_reader import decode_sample, local_path, npy_array, read_raw_samples
+from mahler_dist.data.shard_reader import decode_sample, npy_array, read_raw_samples
 from mahler_dist.data.shards import lengths_path
+from mahler_dist.storage import read_bytes
 
 
 def _read_shard(url: str) -> list[dict]:
@@ -64,10 +65,13 @@ def read_samples(url: str) -> Iterator[dict]:
 
 def _sidecar_lengths(url: str) -> np.ndarray | None:
     side = lengths_path(url)
-    path = local_path(side) if side else None
-    if path is None or not os.path.exists(path):
+    if side is None:
         return None
-    lengths = np.load(path, allow_pickle=False)
+    try:
+        data = read_bytes(side)   # a local file or an object-store URI (the storage layer)
+    except FileNotFoundError:
+        return None               # a build from before the sidecars
+    lengths = np.load(io.BytesIO(data), allow_pickle=False)
     if lengths.ndim != 2 or lengths.shape[1] != 2 or lengths.dtype.kind not in "iu":
         raise ValueError(f"{side}: not a [n, 2] integer lengths array (shape {lengths.shape}, {lengths.dtype})")
     return lengths.astype(np.int64)

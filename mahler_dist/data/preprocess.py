@@ -61,7 +61,7 @@ from mahler_dist.data import shards as S
 from mahler_dist.data.build_tasks import MAX_BARS, TarShardWriter, empty_record, encode_batch, encode_record, write_shard
 from mahler_dist.data.publish import RootLock, build_dir, new_build_id, publish, recover
 from mahler_dist.data.schedule import plan_encode_tasks
-from mahler_dist.data.store import Store
+from mahler_dist.storage import Store
 from mahler_dist.errors import MahlerError
 
 __all__ = ["PreprocessSummary", "Store", "TarShardWriter", "encode_record", "preprocess", "reason_kind", "write_shard"]

@@ -38,7 +38,7 @@ import uuid
 from datetime import datetime, timezone
 
 from mahler_dist.data import shards as S
-from mahler_dist.data.store import Store
+from mahler_dist.storage import Store
 from mahler_dist.errors import MahlerError
 
 LOCK_NAME = ".lock"

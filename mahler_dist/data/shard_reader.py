@@ -5,8 +5,9 @@ Why not webdataset's reader in the training loader: profiled on piano_midi_de sh
 `ast.literal_eval` for every array) were 90% of the loader's time, ~1,000 bars/s in all. The
 shards are written by data/build_tasks.py's TarShardWriter - gzip level 1 over plain ustar
 members with short ASCII names - so this reader walks exactly that: the member header's name and
-octal size, then the payload. Anything else (a PAX or GNU long-name header, a URI that is not a
-local file) goes to webdataset's reader instead, so every shard stays readable.
+octal size, then the payload. A shard on an object store (s3://, gs://) is fetched whole through
+the storage layer (one GET) and walked the same way. Anything else (a PAX or GNU long-name header,
+a `pipe:` URL) goes to webdataset's reader instead, so every shard stays readable.
 
 Arrays: the npy header is parsed once per distinct header (a bar's shape repeats), the dtype must
 be a plain number type (never an object array: shards are data, never code) and the array is a
@@ -24,6 +25,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from mahler_dist.storage import read_bytes
+
 _NPY_MAGIC = b"\x93NUMPY"
 _PLAIN_FILE = (b"0", b"\0")
 
@@ -33,7 +36,7 @@ class ShardFormatError(ValueError):
 
 
 def local_path(url: str) -> str | None:
-    """The local file behind a shard URL, or None for a URI / pipe the fast path cannot open."""
+    """The local file behind a shard URL, or None for an object-store URI or a pipe."""
     if url.startswith("file://"):
         return url[len("file://"):]
     if "://" in url or url.startswith("pipe:"):
@@ -41,10 +44,22 @@ def local_path(url: str) -> str | None:
     return url
 
 
-def shard_bytes(path: str) -> bytes:
-    """The uncompressed tar stream of a local shard (gzip detected by its magic, as `tar` does)."""
+def read_shard_file(url: str) -> bytes | None:
+    """A shard's bytes as stored: a local file, or an object-store URI through the storage layer;
+    None for what only webdataset opens (a pipe:, a missing local file: it says what is wrong)."""
+    if url.startswith("pipe:"):
+        return None
+    path = local_path(url)
+    if path is None:
+        return read_bytes(url)
+    if not os.path.exists(path):
+        return None
     with open(path, "rb") as f:
-        data = f.read()
+        return f.read()
+
+
+def shard_bytes(data: bytes) -> bytes:
+    """The uncompressed tar stream of a shard file's bytes (gzip detected by its magic, as `tar` does)."""
     return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
 
 
@@ -99,12 +114,12 @@ def group_samples(tar: bytes, where: str) -> list[dict] | None:
 
 def read_raw_samples(url: str) -> list[dict]:
     """A shard's samples in file order, fields as bytes-like objects."""
-    path = local_path(url)
-    if path is not None and os.path.exists(path):
-        grouped = group_samples(shard_bytes(path), url)
+    data = read_shard_file(url)
+    if data is not None:
+        grouped = group_samples(shard_bytes(data), url)
         if grouped is not None:
             return grouped
-    from webdataset import tariterators   # cloud URIs, pipes, headers the fast walk does not know
+    from webdataset import tariterators   # pipes, headers the fast walk does not know
 
     return list(tariterators.tarfile_samples([{"url": url}]))
 

@@ -31,8 +31,7 @@ A sample's tar members are `<key>.active.npy` (uint8 [Ti, 15]), `<key>.context.n
 "context_rows", "source"}). Keys are `<piece>_<bar:05d>` with piece = the first 16 hex digits of
 the sha256 of the file's bytes: unique, dot-free, and sorted by (piece, bar) as strings.
 
-ROOT may be a local path or a URI (s3://, gs://, ...); URIs are opened with pyarrow.fs, imported
-only then.
+ROOT may be a local path or a URI (s3://, gs://, ...): every read goes through mahler_dist/storage.py.
 """
 
 from __future__ import annotations
@@ -55,6 +54,7 @@ from mahler_dist.errors import MahlerError
 from mahler_dist.music.piece import Bar, Piece
 from mahler_dist.music.rows import BarSample, PieceRows, bar_windows
 from mahler_dist.music.timing import Metre
+from mahler_dist.storage import exists as _exists, join, read_bytes as _read_bytes
 
 FORMAT_VERSION = 1
 WIDS_VERSION = 1
@@ -67,7 +67,6 @@ BUILDS_DIR, CURRENT_NAME = "builds", "CURRENT"
 #: The build id of the layout before builds (output directly under ROOT, no CURRENT pointer).
 LEGACY_BUILD = "legacy"
 _BUILD_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_-]{0,63}$")
-MIDI_EXTENSIONS = (".mid", ".midi")
 #: Tar members of one sample (suffixes after the key), in the order TarWriter writes them.
 SAMPLE_FIELDS = ("active.npy", "context.npy", "inputs.npy", "meta.json")
 PIECE_ID_LEN = 16
@@ -110,11 +109,6 @@ def lengths_path(shard_path: str) -> str | None:
     if not sep or not name.endswith(".tar"):
         return None
     return f"{folder}/{LENGTHS_DIR}/{name.removesuffix('.tar')}.npy"
-
-
-def join(root: str | Path, *parts: str) -> str:
-    """Join path parts with '/' (local paths and URIs alike)."""
-    return "/".join([str(root).rstrip("/"), *parts])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -465,42 +459,3 @@ def iter_piece_samples(stored: StoredPiece, max_rows: int) -> Iterator[dict[str,
     """The encoded WebDataset samples of a stored piece, as preprocess writes them."""
     for s in piece_samples(stored.rows, max_rows):
         yield encode_sample(s, stored.meta["piece"], stored.meta["source"])
-
-
-# --------------------------------------------------------------------------------------------------
-# I/O for local paths and URIs
-
-
-def is_uri(path: str | Path) -> bool:
-    return "://" in str(path)
-
-
-def local_root(root: str | Path, needed_by: str) -> Path:
-    """ROOT as an absolute local path, for commands that read it only through the filesystem.
-    An object-store URI is refused by name: Path() would turn s3://bucket/x into a folder "s3:"."""
-    if is_uri(root):
-        raise MahlerError(f"{root}: {needed_by} needs a local or shared-filesystem ROOT for now; object-store "
-                          "ROOTs (s3://, gs://) are read by preprocess only")
-    return Path(root).resolve()
-
-
-def _read_bytes(path: str) -> bytes:
-    """A file's bytes; FileNotFoundError when there is none (local paths and URIs alike)."""
-    if not is_uri(path):
-        return Path(path).read_bytes()
-    import pyarrow.fs
-
-    fs, inner = pyarrow.fs.FileSystem.from_uri(path)
-    if fs.get_file_info(inner).type == pyarrow.fs.FileType.NotFound:
-        raise FileNotFoundError(path)
-    with fs.open_input_stream(inner) as f:
-        return f.read()
-
-
-def _exists(path: str) -> bool:
-    if not is_uri(path):
-        return Path(path).exists()
-    import pyarrow.fs
-
-    fs, inner = pyarrow.fs.FileSystem.from_uri(path)
-    return fs.get_file_info(inner).type != pyarrow.fs.FileType.NotFound

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mahler_dist.data.shards import local_root, parse_key, read_index, shard_urls
+from mahler_dist import storage
+from mahler_dist.data.shards import parse_key, read_index, shard_urls
 from mahler_dist.errors import MahlerError
 from mahler_dist.generate.runs import resolve_checkpoint, run_dir
 from mahler_dist.run_names import check_run_name
@@ -79,10 +80,10 @@ def evaluate(name: str, root: str | Path, split: str = "test", model: str = "bes
     for label, n, hi in (("--generated", generated, 1024), ("--bars", bars, 256), ("--max-bars", max_bars, 10**7)):
         if not 0 <= n <= hi:
             raise MahlerError(f"{label} must be in 0..{hi}, got {n}")
-    root = local_root(root, "evaluation")
+    root = _root(root)
     run = run_dir(root, name)
     info = resolve_checkpoint(run, model)
-    data_root = local_root(pieces, "evaluation (--pieces)") if pieces else root
+    data_root = _root(pieces) if pieces else root
     # the build the run trained on: its splits are the run's (a newer build may assign pieces
     # to other splits, and its test split could then hold bars the model trained on)
     train_index = read_index(root, run_build(run, root, say=print if progress else None))
@@ -124,35 +125,45 @@ def evaluate(name: str, root: str | Path, split: str = "test", model: str = "bes
               "seconds": time.time() - t0, "seed": seed,
               "model": partial.summary(), "baselines": scores.summary(), "baselines_fitted_on_bars": fitted.counts.bars,
               "generation": generation}
-    out_dir = run / "eval"
-    out_dir.mkdir(exist_ok=True)
+    # written here, then copied beside the run when it lives on an object store
+    local_run = storage.cache_dir(str(run)) if storage.is_uri(run) else Path(run)
+    out_dir = local_run / "eval"
+    out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{split}-{info.name}" + (f"-{index['build']}" if pieces else "")
     path = out_dir / f"{stem}.json"
     path.write_text(json.dumps(report, indent=1, default=_jsonable))
     from mahler_dist.evaluate.summary_plot import summary_png
 
     png = summary_png(report, out_dir / f"{stem}.png")
+    if storage.is_uri(run):
+        for file in (path, png):
+            storage.write_bytes(storage.join(run, "eval", file.name), file.read_bytes())
+        say(f"report copied to {storage.join(run, 'eval', path.name)}")
     if log_wandb:
-        _log_wandb(run, name, report, png)
+        _log_wandb(local_run, name, report, png)
     return EvalReport(path, png, report)
 
 
-def run_build(run: Path, root: Path, say=None) -> str | None:
+def _root(root: str | Path) -> str | Path:
+    return root if storage.is_uri(root) else Path(root).resolve()
+
+
+def run_build(run: Path | str, root: Path | str, say=None) -> str | None:
     """The build id the run last trained on (its data.json), if that build is still in ROOT;
     None (the current build) otherwise, with a note."""
     from mahler_dist.data.shards import build_root
 
     try:
-        build = json.loads((run / "data.json").read_text())["build"]
+        build = json.loads(storage.read_bytes(storage.join(run, "data.json")))["build"]
     except (OSError, ValueError, KeyError):
         return None       # a run from before data.json: the current build
     try:
-        if Path(build_root(root, build)).is_dir():
+        if storage.is_dir(build_root(root, build)):
             return build
     except ValueError:    # not a build id: data.json was edited by hand
         pass
     if say:
-        say(f"note: build {build} that run {run.name} trained on is gone from {root}; using the current build")
+        say(f"note: build {build} that run {str(run).rsplit('/', 1)[-1]} trained on is gone from {root}; using the current build")
     return None
 
 

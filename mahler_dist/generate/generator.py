@@ -33,11 +33,12 @@ from typing import Any, Mapping, Sequence, Union
 import numpy as np
 import torch
 
+from mahler_dist import storage
 from mahler_dist.config import Config, config_from_dict, load_config
 from mahler_dist.errors import MahlerError
 from mahler_dist.generate.metrics import PROPERTIES, ReconStats
 from mahler_dist.generate.output import parse_metre
-from mahler_dist.generate.runs import resolve_checkpoint, run_dir
+from mahler_dist.generate.runs import local_checkpoint, resolve_checkpoint, run_dir
 from mahler_dist.generate.sampler import (DecodedBars, Decoding, Temperatures, carry_from_rows, decode_bars,
                                           normal, sample_key, teacher_forced_rows)
 from mahler_dist.model.checkpoint import load_checkpoint
@@ -107,9 +108,9 @@ class Generator:
         decoding limits from the run's config.yaml (edit them there, as the original's params.txt)."""
         run = run_dir(root, name)
         info = resolve_checkpoint(run, checkpoint)
-        gen = cls.from_checkpoint(info.path, device=device)
-        saved = run / "config.yaml"
-        if saved.is_file():
+        gen = cls.from_checkpoint(local_checkpoint(info), device=device)
+        saved = storage.join(run, "config.yaml")
+        if storage.exists(saved):
             run_cfg = load_config(saved).generate
             gen.temperatures = Temperatures.from_config(run_cfg)
             gen.decoding = Decoding.from_config(run_cfg)

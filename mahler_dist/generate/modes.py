@@ -22,6 +22,7 @@ from typing import Callable
 
 import numpy as np
 
+from mahler_dist import storage
 from mahler_dist.errors import MahlerError
 from mahler_dist.generate.generator import Generator, SampleRequest
 from mahler_dist.generate.metrics import PROPERTIES, ReconStats
@@ -72,8 +73,8 @@ class PieceWindows:
 
 @dataclass
 class Session:
-    root: Path
-    out_dir: Path
+    root: Path | str
+    out_dir: Path           # local: where the files are written
     gen: Generator
     opts: GenerateOptions
     temps: Temperatures
@@ -82,6 +83,7 @@ class Session:
     say: Callable[[str], None]
     written: list[Path] = field(default_factory=list)
     reports: dict[str, dict] = field(default_factory=dict)
+    upload_to: str | None = None   # an object-store ROOT's runs/NAME/generated: each file is copied there
 
     @property
     def default_context(self) -> str:
@@ -92,7 +94,13 @@ class Session:
     def write(self, stem: str, bars: list[np.ndarray], metres: list, title: str) -> Path:
         path = write_output(self.out_dir, stem, bars, metres, self.programs, title, plot=self.opts.plot)
         self.written.append(path)
-        self.say(f"  wrote {path}")
+        if self.upload_to is None:
+            self.say(f"  wrote {path}")
+            return path
+        for file in (path, path.with_suffix(".png")):
+            if file.is_file():
+                storage.write_bytes(storage.join(self.upload_to, file.name), file.read_bytes())
+        self.say(f"  wrote {storage.join(self.upload_to, path.name)} (local copy {path})")
         return path
 
 
@@ -105,7 +113,7 @@ def run_generate(root: str | Path, name: str, opts: GenerateOptions,
                           f"use one or more of {', '.join(MODES)}")
     if opts.samples < 1 or opts.length < 1 or opts.steps < 1 or opts.batch_size < 1:
         raise MahlerError("--samples, --length, --steps and --batch-size must be >= 1")
-    root = Path(root)
+    root = root if storage.is_uri(root) else Path(root)
     gen = Generator.from_run(root, name, opts.checkpoint, device=opts.device)
     if opts.max_rows is not None:
         if opts.max_rows < 1:
@@ -122,8 +130,10 @@ def run_generate(root: str | Path, name: str, opts: GenerateOptions,
     except ValueError as e:
         raise MahlerError(f"bad decoding limit: {e}") from None
     seed = opts.seed if opts.seed is not None else random.randrange(2**31)
-    session = Session(root, root / "runs" / name / "generated", gen, opts, temps, seed,
-                      corpus_programs(root), say)
+    generated = storage.join(root, "runs", name, "generated")
+    local_out = storage.cache_dir(generated) if storage.is_uri(root) else Path(generated)
+    session = Session(root, local_out, gen, opts, temps, seed, corpus_programs(root), say,
+                      upload_to=generated if storage.is_uri(root) else None)
     say(f"run {name}, checkpoint {gen.checkpoint_name}, seed {seed} (--seed {seed} repeats this call); "
         f"temperatures o {temps.offset} d {temps.duration} p {temps.pitch} i {temps.instrument}; "
         f"top-p {gen.decoding.top_p}, top-k {gen.decoding.top_k or 'off'}, "
@@ -160,7 +170,7 @@ def resolve_piece(root: Path, file: str) -> tuple[str, str]:
         piece_id, label = hits[0]["piece"], Path(hits[0]["path"]).stem
     from mahler_dist.data.shards import piece_path
 
-    if not Path(piece_path(root, piece_id)).is_file():   # in the build ROOT/CURRENT points to
+    if not storage.exists(piece_path(root, piece_id)):   # in the build ROOT/CURRENT points to
         raise MahlerError(f"--file {file!r}: {piece_path(root, piece_id)} is missing; run `mahler preprocess`")
     return piece_id, label
 
@@ -294,8 +304,9 @@ def _n_recon(s: Session) -> None:
                 raise MahlerError(f"--split {split}: ROOT/manifest.jsonl is missing") from None
             from mahler_dist.data.shards import PIECES_DIR, build_root
 
-            pieces = [(p.stem, p.stem) for p in sorted((Path(build_root(s.root)) / PIECES_DIR).glob("*.npz"))
-                      if _PIECE_ID.match(p.stem)]
+            store = storage.Store(build_root(s.root))
+            stems = [n.removesuffix(".npz") for n in store.children(store.path(PIECES_DIR)) if n.endswith(".npz")]
+            pieces = [(stem, stem) for stem in stems if _PIECE_ID.match(stem)]
         scope = split
         if not pieces:
             raise MahlerError(f"n_recon: no pieces in split {split!r} under {s.root}")

@@ -1,5 +1,9 @@
 """Finding a run's checkpoints without Ray: ROOT/runs/NAME/checkpoint_*/{state.pt, metrics.json}.
 
+ROOT may be a local path or an object-store URI (the storage layer, mahler_dist/storage.py): a
+run folder is then a URI string, and `local_checkpoint` copies the one checkpoint a command loads
+into the local cache (checkpoints are written once; the cache key holds state.pt's size and time).
+
 Folders are checkpoint_epochNNNN (end of an epoch, with a validation score) and
 checkpoint_stepNNNNNNNN (inside an epoch, every train.checkpoint_every_steps; no score).
 `--model` names a checkpoint folder of the run ("checkpoint_epoch0003"), or "best" (the lowest
@@ -15,41 +19,45 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from mahler_dist import storage
 from mahler_dist.errors import MahlerError
 from mahler_dist.model.checkpoint import CHECKPOINT_FILE, METRICS_FILE
 from mahler_dist.run_names import check_run_name
+
 CHECKPOINT_DIR = re.compile(r"^checkpoint_(epoch|step)(\d{1,9})$")
 
 
 @dataclass(frozen=True)
 class CheckpointInfo:
     name: str
-    path: Path
+    path: Path | str           # a local folder, or a URI on an object-store ROOT
     epoch: int                 # epochs completed when it was written
     step: int
     end_of_epoch: bool
     val_score: float | None    # None for a mid-epoch checkpoint (or one without metrics.json)
 
 
-def run_dir(root: str | Path, name: str) -> Path:
-    """ROOT/runs/NAME, after checking NAME is a plain run name and the folder exists."""
+def run_dir(root: str | Path, name: str) -> Path | str:
+    """ROOT/runs/NAME (a Path, or a URI string on an object-store ROOT), after checking NAME is a
+    plain run name and the run exists."""
     check_run_name(name)
-    path = Path(root) / "runs" / name
-    if not path.is_dir():
-        raise MahlerError(f"no run {name!r} under {Path(root) / 'runs'}")
+    path = storage.join(root, "runs", name) if storage.is_uri(root) else Path(root) / "runs" / name
+    if not storage.is_dir(path):
+        raise MahlerError(f"no run {name!r} under {storage.join(root, 'runs')}")
     return path
 
 
-def list_checkpoints(run: Path) -> list[CheckpointInfo]:
+def list_checkpoints(run: Path | str) -> list[CheckpointInfo]:
     """The run's complete checkpoints (folders with state.pt), oldest first (by step; at one
     step the epoch-end checkpoint last)."""
+    store = storage.Store(run)
     out = []
-    for child in run.iterdir():
-        m = CHECKPOINT_DIR.match(child.name)
-        if not (m and child.is_dir() and (child / CHECKPOINT_FILE).is_file()):
+    for child in store.children(store.base, dirs_only=True):
+        m = CHECKPOINT_DIR.match(child)
+        if not (m and store.is_file(store.path(child, CHECKPOINT_FILE))):
             continue
         try:
-            metrics = json.loads((child / METRICS_FILE).read_text())
+            metrics = json.loads(store.read(store.path(child, METRICS_FILE)))
         except (OSError, ValueError):
             metrics = {}
         end_of_epoch = m.group(1) == "epoch"
@@ -57,15 +65,26 @@ def list_checkpoints(run: Path) -> list[CheckpointInfo]:
         score = float(score) if isinstance(score, (int, float)) and math.isfinite(score) else None
         epoch = int(m.group(2)) if end_of_epoch else int(metrics.get("epoch", 0))
         step = int(metrics.get("step", int(m.group(2)) if not end_of_epoch else 0))
-        out.append(CheckpointInfo(child.name, child, epoch, step, end_of_epoch, score))
+        path = run / child if isinstance(run, Path) else storage.join(run, child)
+        out.append(CheckpointInfo(child, path, epoch, step, end_of_epoch, score))
     return sorted(out, key=lambda c: (c.step, c.epoch, c.end_of_epoch, c.name))
 
 
-def resolve_checkpoint(run: Path, which: str = "best") -> CheckpointInfo:
+def local_checkpoint(info: CheckpointInfo) -> Path:
+    """A local folder holding the checkpoint: its own on a local ROOT, else a copy in the cache."""
+    if not storage.is_uri(info.path):
+        return Path(info.path)
+    store = storage.Store(info.path)
+    stamp = store.info(store.path(CHECKPOINT_FILE))
+    key = f"{info.path}@{stamp.size}-{stamp.mtime_ns}"
+    return store.download_tree(store.base, storage.cache_dir(key))
+
+
+def resolve_checkpoint(run: Path | str, which: str = "best") -> CheckpointInfo:
     """"best" | "latest" | the name of one of the run's checkpoint folders."""
     found = list_checkpoints(run)
     if not found:
-        raise MahlerError(f"run {run.name!r} has no checkpoint yet (no checkpoint_epoch*/state.pt in {run})")
+        raise MahlerError(f"run {_name(run)!r} has no checkpoint yet (no checkpoint_epoch*/state.pt in {run})")
     if which == "latest":
         return found[-1]
     if which == "best":
@@ -77,4 +96,8 @@ def resolve_checkpoint(run: Path, which: str = "best") -> CheckpointInfo:
         if c.name == which:
             return c
     names = ", ".join(c.name for c in found)
-    raise MahlerError(f"run {run.name!r} has no checkpoint {which!r}; use best, latest or one of: {names}")
+    raise MahlerError(f"run {_name(run)!r} has no checkpoint {which!r}; use best, latest or one of: {names}")
+
+
+def _name(run: Path | str) -> str:
+    return str(run).rstrip("/").rsplit("/", 1)[-1]

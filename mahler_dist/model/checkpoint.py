@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from mahler_dist import storage
+
 CHECKPOINT_FILE = "state.pt"
 CHECKPOINT_VERSION = 1
 DATA_FORMAT_VERSION = 1
@@ -57,10 +59,10 @@ def checkpoint_config(directory: str | Path) -> dict[str, Any]:
     """The resolved config a checkpoint was trained with (config.json; state.pt for older ones)."""
     import json
 
-    path = Path(directory) / CONFIG_FILE
-    if path.exists():
-        return json.loads(path.read_text())
-    return load_checkpoint(directory)["config"]
+    try:   # a local folder or an object-store URI (the driver checks a resumed run without downloading it)
+        return json.loads(storage.read_bytes(storage.join(directory, CONFIG_FILE)))
+    except FileNotFoundError:
+        return load_checkpoint(directory)["config"]
 
 
 def load_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

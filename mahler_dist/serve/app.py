@@ -25,12 +25,12 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from mahler_dist.data.shards import local_root
+from mahler_dist import storage
 from mahler_dist.errors import MahlerError
 from mahler_dist.generate.generator import Generator
 from mahler_dist.generate.output import corpus_programs
 from mahler_dist.serve import engine
-from mahler_dist.serve.catalog import ModelCatalog, UnknownModel, canonical_id
+from mahler_dist.serve.catalog import ModelCatalog, UnknownModel, canonical_id, serving_root
 from mahler_dist.serve.limits import LIMITS
 from mahler_dist.serve.page import page_html
 from mahler_dist.serve.schemas import ErrorOut, GenerateRequest, GenerateResponse, ModelInfo
@@ -110,7 +110,7 @@ def _replica_device(device: str) -> str:
 @serve.ingress(app)
 class GenerationService:
     def __init__(self, root: str, default_model: str | None = None, device: str = "auto"):
-        self.root = local_root(root, "serving")
+        self.root = serving_root(root)
         self.catalog = ModelCatalog(self.root)
         self.catalog.refresh()
         self.default_model = canonical_id(default_model) if default_model else None
@@ -126,8 +126,8 @@ class GenerationService:
         self._decode_batch.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.01)))
 
     def check_health(self) -> None:
-        if not (self.root / "runs").is_dir():
-            raise RuntimeError(f"{self.root / 'runs'} is gone: this replica has nothing to serve")
+        if not storage.is_dir(storage.join(self.root, "runs")):
+            raise RuntimeError(f"{storage.join(self.root, 'runs')} is gone: this replica has nothing to serve")
 
     # -- models ------------------------------------------------------------------------------
     @serve.multiplexed(max_num_models_per_replica=MAX_MODELS_PER_REPLICA)
@@ -227,4 +227,4 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     if not root:
         raise MahlerError("serve args: root is required (the preprocessed ROOT with runs/)")
     # refused here, by name, rather than in every replica (Path() makes s3://b/x a folder "s3:")
-    return GenerationService.bind(str(local_root(root, "serving")), args.get("model"), str(args.get("device", "auto")))
+    return GenerationService.bind(str(serving_root(root)), args.get("model"), str(args.get("device", "auto")))

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from mahler_dist import storage
 from mahler_dist.errors import MahlerError
 from mahler_dist.generate.runs import CheckpointInfo, list_checkpoints, resolve_checkpoint
 from mahler_dist.run_names import check_run_name
@@ -28,33 +29,37 @@ class Entry:
     info: CheckpointInfo     # the folder it resolves to now
 
 
+def serving_root(root: str | Path) -> Path | str:
+    """ROOT as the server reads it: an object-store URI as given, a local path made absolute
+    (replicas may start in another working directory)."""
+    return root if storage.is_uri(root) else Path(root).resolve()
+
+
 def canonical_id(model_id: str) -> str:
     return model_id if "/" in model_id else f"{model_id}/best"
 
 
 class ModelCatalog:
     def __init__(self, root: str | Path):
-        self.root = Path(root)
+        self.root = root if storage.is_uri(root) else Path(root)
         self._entries: dict[str, Entry] = {}
 
     def refresh(self) -> dict[str, Entry]:
         entries: dict[str, Entry] = {}
-        runs = self.root / "runs"
-        for run in sorted(runs.iterdir()) if runs.is_dir() else ():
+        runs = storage.Store(storage.join(self.root, "runs"))
+        for name in runs.children(runs.base, dirs_only=True):
             try:
-                check_run_name(run.name)
+                check_run_name(name)
             except MahlerError:
                 continue
-            if not run.is_dir():
-                continue
+            run = storage.join(self.root, "runs", name) if storage.is_uri(self.root) else self.root / "runs" / name
             found = list_checkpoints(run)
             if not found:
                 continue
             for alias in ("best", "latest"):
-                entries[f"{run.name}/{alias}"] = Entry(f"{run.name}/{alias}", run.name, alias,
-                                                       resolve_checkpoint(run, alias))
+                entries[f"{name}/{alias}"] = Entry(f"{name}/{alias}", name, alias, resolve_checkpoint(run, alias))
             for c in found:
-                entries[f"{run.name}/{c.name}"] = Entry(f"{run.name}/{c.name}", run.name, c.name, c)
+                entries[f"{name}/{c.name}"] = Entry(f"{name}/{c.name}", name, c.name, c)
         self._entries = entries
         return entries
 

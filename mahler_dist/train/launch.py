@@ -2,7 +2,10 @@
 
 The run NAME is the Ray Train run name under ROOT/runs, so running the same command again
 resumes from the latest checkpoint (Ray Train V2 finds the run's snapshot there); `restart`
-deletes the run first. `FailureConfig` restarts dead workers from the latest checkpoint.
+deletes the run first. On an object-store ROOT (s3://, gs://) Ray Train writes the checkpoints
+there itself; the driver works in a local copy of the run's small files (config.yaml, data.json,
+metrics.jsonl: mahler_dist/storage.py's cache), fetched at the start and copied back as they change,
+so a run resumes from any machine that reaches the bucket. `FailureConfig` restarts dead workers from the latest checkpoint.
 Ctrl-C once: the workers finish the epoch, checkpoint and stop; twice: stop now.
 """
 
@@ -11,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
 import signal
 import sys
 import threading
@@ -24,10 +26,11 @@ import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from mahler_dist import storage
 from mahler_dist.config import Config, config_from_dict, load_config, resolve_config_path, save_config
 from mahler_dist.generate.runs import list_checkpoints
 from mahler_dist.model.checkpoint import checkpoint_config
-from mahler_dist.data.shards import local_root, read_index, shard_urls
+from mahler_dist.data.shards import read_index, shard_urls
 from mahler_dist.errors import ConfigError, MahlerError
 from mahler_dist.ray_runtime import ray_runtime
 from mahler_dist.run_names import check_run_name  # the one rule (train, generate, serve)
@@ -36,7 +39,11 @@ from mahler_dist.train.tracking import TrackingCallback
 
 
 
-def split_urls(root: Path, split: str, index: dict) -> list[str]:
+#: The run folder's files the driver keeps a local copy of (the rest is Ray Train's or W&B's).
+RUN_FILES = ("config.yaml", "data.json", "metrics.jsonl")
+
+
+def split_urls(root: Path | str, split: str, index: dict) -> list[str]:
     """The non-empty shard files of a split, all of the one build `index` describes (the run pins
     the build it resolved once, so a preprocess publishing meanwhile cannot mix two builds)."""
     sizes = {s["url"]: s.get("nsamples", 1) for s in index["shardlist"]}
@@ -81,16 +88,17 @@ class TrainSummary:
         return "\n".join(lines)
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
+def latest_checkpoint(run: Path | str) -> Path | str | None:
     """The run's checkpoint with the highest step (the epoch-end one at a tie)."""
-    found = list_checkpoints(run_dir) if run_dir.is_dir() else []
+    found = list_checkpoints(run)
     return found[-1].path if found else None
 
 
-def check_architecture(config: Config, run_dir: Path) -> None:
+def check_architecture(config: Config, run_dir: Path, run: Path | str | None = None) -> None:
     """A resumed run's architecture is its checkpoint's. An edited model.* key in the run's
-    config.yaml would not load into the saved weights: say which keys, before any worker starts."""
-    ckpt = latest_checkpoint(run_dir)
+    config.yaml would not load into the saved weights: say which keys, before any worker starts.
+    `run`: where the checkpoints are (run_dir itself unless the run is on an object store)."""
+    ckpt = latest_checkpoint(run_dir if run is None else run)
     if ckpt is None:
         return
     saved = checkpoint_config(ckpt).get("model", {})
@@ -99,7 +107,7 @@ def check_architecture(config: Config, run_dir: Path) -> None:
                for k in sorted(saved) if saved[k] != wanted.get(k)]
     if changed:
         listing = "\n  - ".join(changed)
-        raise ConfigError(f"run {run_dir.name} resumes from {ckpt.name}, whose architecture differs from "
+        raise ConfigError(f"run {run_dir.name} resumes from {str(ckpt).rsplit('/', 1)[-1]}, whose architecture differs from "
                           f"{run_dir / 'config.yaml'}:\n  - {listing}\nthe weights only fit the checkpoint's "
                           "architecture: undo these edits, or start over with --restart")
 
@@ -115,6 +123,7 @@ def resolve_run_config(run_dir: Path, config_arg: str | None, epochs: int | None
         if config_arg is not None:
             wanted = load_config(resolve_config_path(config_arg))
             wanted.train.epochs = config.train.epochs
+            wanted.data = config.data   # the run's data section is its build's (record_data), not --config's
             if wanted.to_dict() != config.to_dict():
                 print(f"note: resuming {run_dir.name} with its saved config ({saved}); "
                       "--config differs and is ignored (use --restart to start over with it)")
@@ -131,7 +140,7 @@ def resolve_run_config(run_dir: Path, config_arg: str | None, epochs: int | None
     return config
 
 
-def record_data(config: Config, run_dir: Path, root: Path, index: dict) -> Config:
+def record_data(config: Config, run_dir: Path, root: Path | str, index: dict) -> Config:
     """The run's config records the data config its build was made with (not the defaults or the
     --config's, which may differ), and data.json which build of which ROOT each start read."""
     made_with = index.get("data_config")
@@ -162,18 +171,22 @@ def train(name: str, root: str | Path, config: str | None = None, *, workers: in
     check_run_name(name)
     if cpus_per_worker is not None and not cpus_per_worker > 0:
         raise MahlerError(f"--cpus-per-worker must be > 0, got {cpus_per_worker}")
-    root = local_root(root, "training")
-    run_dir = root / "runs" / name
-    if restart and run_dir.exists():
-        if not yes and not _confirm(f"delete run {run_dir} and start over?"):
+    remote = storage.is_uri(root)
+    root = str(root).rstrip("/") if remote else Path(root).resolve()
+    run = storage.join(root, "runs", name) if remote else root / "runs" / name   # Ray Train's run folder
+    run_dir = storage.cache_dir(run) / name if remote else run                    # the driver's working copy
+    if restart and storage.is_dir(run):
+        if not yes and not _confirm(f"delete run {run} and start over?"):
             raise MahlerError("restart cancelled")
-        shutil.rmtree(run_dir)
+        storage.Store(run).remove(storage.Store(run).base)
+    if remote:
+        fetch_run_files(run, run_dir)
     index = read_index(root)   # resolves ROOT/CURRENT once: the run reads this build only
     train_urls, val_urls = split_urls(root, "train", index), split_urls(root, "val", index)
     if not train_urls:
         raise MahlerError(f"{root}: build {index['build']} has no training shards")
     cfg = resolve_run_config(run_dir, config, epochs, loader_workers)
-    check_architecture(cfg, run_dir)
+    check_architecture(cfg, run_dir, run)
     cfg = record_data(cfg, run_dir, root, index)
     if not val_urls:
         print(f"note: build {index['build']} has no validation split; the best checkpoint is chosen by "
@@ -182,14 +195,37 @@ def train(name: str, root: str | Path, config: str | None = None, *, workers: in
     cpus = float(cpus_per_worker) if cpus_per_worker is not None else 1.0 + cfg.train.loader_workers
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
+    if remote:
+        push_run_files(run_dir, run)
 
     with ray_runtime(address, configure_logging=False, log_to_driver=True):
-        return _train_on_ray(name, run_dir, root, cfg, train_urls, val_urls, workers=workers, gpus=gpus, cpus=cpus,
-                             max_failures=max_failures, placement=placement, observers=list(observers),
-                             build=index["build"])
+        try:
+            return _train_on_ray(name, run_dir, run, root, cfg, train_urls, val_urls, workers=workers, gpus=gpus,
+                                 cpus=cpus, max_failures=max_failures, placement=placement,
+                                 observers=list(observers), build=index["build"])
+        finally:
+            if remote:
+                push_run_files(run_dir, run)
 
 
-def _train_on_ray(name: str, run_dir: Path, root: Path, cfg: Config, train_urls: list[str],
+def fetch_run_files(run: str, run_dir: Path) -> None:
+    """The run's small files from its object-store folder into the local working copy (a run
+    resumed on another machine, or after the cache was cleared, continues from what is stored)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in RUN_FILES:
+        try:
+            storage.write_bytes(run_dir / name, storage.read_bytes(storage.join(run, name)))
+        except FileNotFoundError:
+            (run_dir / name).unlink(missing_ok=True)   # not stored (a fresh or restarted run): no stale copy
+
+
+def push_run_files(run_dir: Path, run: str) -> None:
+    for name in RUN_FILES:
+        if (run_dir / name).is_file():
+            storage.write_bytes(storage.join(run, name), (run_dir / name).read_bytes())
+
+
+def _train_on_ray(name: str, run_dir: Path, run: Path | str, root: Path | str, cfg: Config, train_urls: list[str],
                   val_urls: list[str], *, workers: int, gpus: bool, cpus: float, max_failures: int, placement: str,
                   observers: list, build: str) -> TrainSummary:
     stop_name = f"stop-{name}-{time.time_ns()}"
@@ -198,16 +234,17 @@ def _train_on_ray(name: str, run_dir: Path, root: Path, cfg: Config, train_urls:
         train_loop_per_worker,
         train_loop_config={"config": cfg.to_dict(), "train_urls": train_urls, "val_urls": val_urls,
                            "stop_actor": stop_name, "observers": observers,
-                           "piano_roll_dir": str(run_dir / "piano_rolls")},
+                           "piano_roll_dir": storage.join(run, "piano_rolls")},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus, resources_per_worker={"CPU": cpus},
                                      placement_strategy=placement),
         run_config=RunConfig(
-            name=name, storage_path=str(root / "runs"),
+            name=name, storage_path=storage.join(root, "runs"),
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints,
                                                checkpoint_score_attribute="val_score",
                                                checkpoint_score_order="min"),
-            callbacks=[TrackingCallback(str(run_dir), name, {**cfg.to_dict(), "build": build})],
+            callbacks=[TrackingCallback(str(run_dir), name, {**cfg.to_dict(), "build": build},
+                                        upload_to=str(run) if storage.is_uri(run) else None)],
         ),
     )
     t0 = time.time()

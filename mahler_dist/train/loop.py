@@ -24,6 +24,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
+from mahler_dist import storage
 from mahler_dist.config import Config, config_from_dict
 from mahler_dist.data.loader import BarLoader, PlanOptions
 from mahler_dist.model.batch import to_device
@@ -138,9 +139,14 @@ def epoch_piano_roll(model: torch.nn.Module, config: Config, epoch: int, out_dir
         bars = Generator(model, config, device=device).sample(n_bars=4, n_samples=1, seed=epoch)[0]
     finally:
         model.train(was_training)
-    path = Path(out_dir) / f"epoch{epoch + 1:04d}.png"
-    return str(piano_roll(rows_to_piece(bars, [Metre(4, 4)] * len(bars)), path,
-                          title=f"epoch {epoch + 1}: 4 bars sampled from the START context"))
+    name = f"epoch{epoch + 1:04d}.png"
+    title = f"epoch {epoch + 1}: 4 bars sampled from the START context"
+    piece = rows_to_piece(bars, [Metre(4, 4)] * len(bars))
+    if not storage.is_uri(out_dir):
+        return str(piano_roll(piece, Path(out_dir) / name, title=title))
+    with tempfile.TemporaryDirectory() as tmp:   # an object-store run folder: drawn here, then one PUT
+        storage.write_bytes(storage.join(out_dir, name), piano_roll(piece, Path(tmp) / name, title=title).read_bytes())
+    return storage.join(out_dir, name)
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:

@@ -7,6 +7,11 @@ worker restarts, a run that loses a worker keeps one W&B run (a worker-side `wan
 rank 0 would start a second one after every restart - in offline mode, a second directory).
 The W&B id is derived from the run name and `resume="allow"`, so re-running the job continues
 the same run online. Offline unless the user has W&B credentials (WANDB_API_KEY or a netrc).
+
+On an object-store ROOT the callback works in the driver's local copy of the run folder (the
+controller runs on the driver's node) and copies metrics.jsonl to the run's URI after every
+epoch, error and checkpoint row, and at most every UPLOAD_EVERY_S seconds between them (an
+object store has no append: each copy is one PUT of the whole file).
 """
 
 from __future__ import annotations
@@ -19,6 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from ray.train import UserCallback
+
+from mahler_dist import storage
+
+UPLOAD_EVERY_S = 30.0
 
 
 def wandb_run_id(name: str) -> str:
@@ -64,8 +73,11 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 class TrackingCallback(UserCallback):
     """Runs on the Ray Train controller: metrics.jsonl + one W&B run for the whole training run."""
 
-    def __init__(self, run_dir: str, name: str, config: dict, project: str = "mahler-dist"):
+    def __init__(self, run_dir: str, name: str, config: dict, project: str = "mahler-dist",
+                 upload_to: str | None = None):
         self.run_dir = run_dir
+        self.upload_to = upload_to     # the run's URI on an object-store ROOT
+        self._uploaded = 0.0
         self.name = name
         self.config = config
         self.project = project
@@ -92,12 +104,13 @@ class TrackingCallback(UserCallback):
             return
         self._ensure_started()
         self._writer.write(row)
+        self._upload(force=row["kind"] != "step")
         if self._wandb_run is not None and row["kind"] in ("step", "epoch"):   # not "checkpoint" rows
             prefix = "epoch/" if row["kind"] == "epoch" else "train/"
             logged = {f"{prefix}{k}": v for k, v in row.items()
                       if isinstance(v, (int, float)) and k not in ("step",)}
-            image = row.get("piano_roll")
-            if image and Path(image).exists():
+            image = _local_image(row.get("piano_roll"), Path(self.run_dir) / "piano_rolls")
+            if image is not None:
                 import wandb
 
                 logged["generated/piano_roll"] = wandb.Image(image)
@@ -110,3 +123,22 @@ class TrackingCallback(UserCallback):
         self._ensure_started()
         for rank, error in worker_exceptions.items():
             self._writer.write({"kind": "error", "step": -1, "rank": rank, "error": repr(error)[:500]})
+        self._upload(force=True)
+
+    def _upload(self, force: bool) -> None:
+        if self.upload_to is None or not (force or time.monotonic() - self._uploaded > UPLOAD_EVERY_S):
+            return
+        storage.write_bytes(storage.join(self.upload_to, "metrics.jsonl"), self._writer.path.read_bytes())
+        self._uploaded = time.monotonic()
+
+
+def _local_image(location: str | None, cache: Path) -> str | None:
+    """A piano roll's local file: the path itself, or a copy of an object-store one in `cache`."""
+    if not location or not storage.exists(location):
+        return None
+    if not storage.is_uri(location):
+        return location
+    local = cache / location.rsplit("/", 1)[-1]
+    local.parent.mkdir(parents=True, exist_ok=True)
+    local.write_bytes(storage.read_bytes(location))
+    return str(local)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mahler_dist.cli import main
 from mahler_dist.data.publish import RootLock
-from mahler_dist.data.store import Store
+from mahler_dist.storage import Store
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,7 +1,9 @@
-"""`mahler train` with an object-store ROOT: a clear refusal, not a local folder named "s3:"."""
+"""`mahler train` / evaluate / serve with an object-store ROOT (on a real S3 API on loopback), and
+the checks train makes before anything is made."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -9,32 +11,65 @@ import pytest
 from mahler_dist.errors import MahlerError
 
 
-@pytest.mark.parametrize("root", ["s3://bucket/mahler", "gs://bucket/mahler"])
-def test_an_object_store_root_is_refused_by_name(root, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def s3():
+    """A real S3 API on 127.0.0.1 (moto), endpoint and credentials in the environment."""
+    pytest.importorskip("moto")
+    from s3_server import s3_server
+
+    with s3_server("bucket") as env:
+        yield env
+
+
+def test_an_object_store_root_is_read_as_one_not_made_a_local_folder(s3, tmp_path, monkeypatch):
+    """Before the storage layer, Path("s3://bucket/mahler") became a folder "s3:" under the working
+    directory; now the URI is read through pyarrow, and an empty ROOT gets the usual clear error."""
     pytest.importorskip("ray")
     from mahler_dist.train.launch import train
 
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(MahlerError, match=r"(s3|gs)://bucket/mahler: training needs a local"):
-        train("run", root, "tiny")
-    assert os.listdir(tmp_path) == []   # nothing was made under the working directory
+    monkeypatch.setenv("MAHLER_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(MahlerError, match=r"s3://bucket/mahler: no preprocessed data .*mahler preprocess s3://bucket/mahler"):
+        train("run", "s3://bucket/mahler", "tiny")
+    assert sorted(os.listdir(tmp_path)) in ([], ["cache"])   # nothing named "s3:"
 
 
-@pytest.mark.parametrize("args", [["s3://bucket/mahler"], ["/tmp/x", "gs://bucket/held-out"]])
-def test_evaluate_refuses_an_object_store_root_by_name(args, tmp_path, monkeypatch):
+def test_evaluate_generate_and_serve_name_a_missing_run_on_an_object_store(s3, tmp_path, monkeypatch):
     pytest.importorskip("ray")
     from mahler_dist.evaluate.run import evaluate
+    from mahler_dist.generate.runs import run_dir
+    from mahler_dist.serve.catalog import ModelCatalog, UnknownModel
 
     monkeypatch.chdir(tmp_path)
-    root, pieces = args[0], (args[1] if len(args) > 1 else None)
-    if pieces:
-        ckpt = tmp_path / "r" / "runs" / "run" / "checkpoint_epoch0001"
-        ckpt.mkdir(parents=True)
-        (ckpt / "state.pt").touch()          # the run exists: only --pieces is wrong
-        root = tmp_path / "r"
-    with pytest.raises(MahlerError, match=r"(s3|gs)://bucket/\S+: evaluation"):
-        evaluate("run", root, pieces=pieces, progress=False)
-    assert os.listdir(tmp_path) in ([], ["r"])    # nothing named "s3:" or "gs:" was made
+    with pytest.raises(MahlerError, match=r"no run 'run' under s3://bucket/mahler/runs"):
+        evaluate("run", "s3://bucket/mahler", progress=False)
+    with pytest.raises(MahlerError, match=r"no run 'other' under s3://bucket/mahler/runs"):
+        run_dir("s3://bucket/mahler", "other")
+    with pytest.raises(UnknownModel, match=r"runs: none"):
+        ModelCatalog("s3://bucket/mahler").lookup("run")
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_run_on_an_object_store_lists_and_fetches_its_checkpoints(s3, tmp_path, monkeypatch):
+    """The run layout Ray Train writes to storage_path, listed and fetched through the storage layer:
+    only complete checkpoints (with state.pt) count, and a fetched one is cached locally."""
+    from mahler_dist import storage
+    from mahler_dist.generate.runs import list_checkpoints, local_checkpoint, resolve_checkpoint, run_dir
+
+    monkeypatch.setenv("MAHLER_CACHE_DIR", str(tmp_path / "cache"))
+    run = "s3://bucket/ckpts/runs/r"
+    for name, score in (("checkpoint_epoch0001", 2.0), ("checkpoint_epoch0002", 1.5)):
+        storage.write_bytes(f"{run}/{name}/state.pt", b"weights " + name.encode())
+        storage.write_bytes(f"{run}/{name}/metrics.json", json.dumps({"val_score": score, "step": int(name[-1]) * 10}).encode())
+    storage.write_bytes(f"{run}/checkpoint_epoch0003/metrics.json", b"{}")   # an upload cut short: no state.pt
+    assert run_dir("s3://bucket/ckpts", "r") == run
+    assert [c.name for c in list_checkpoints(run)] == ["checkpoint_epoch0001", "checkpoint_epoch0002"]
+    best = resolve_checkpoint(run, "best")
+    assert best.name == "checkpoint_epoch0002" and best.path == f"{run}/checkpoint_epoch0002"
+    local = local_checkpoint(best)
+    assert (local / "state.pt").read_bytes() == b"weights checkpoint_epoch0002"
+    assert local.is_relative_to(tmp_path / "cache")
+    assert local_checkpoint(best) == local      # the second fetch is the cached copy
 
 
 @pytest.mark.parametrize("cpus", [0, -1.5])
