@@ -35,6 +35,18 @@ def join(root: str | os.PathLike, *parts: str) -> str:
     return "/".join([str(root).rstrip("/"), *parts])
 
 
+def as_root(root: str | os.PathLike) -> Path | str:
+    """A ROOT as the commands hold it: an object-store URI kept as a string (never a Path: that
+    would make s3://b/x a local folder "s3:"), a local path made absolute (Ray's workers may
+    start in another working directory)."""
+    return str(root).rstrip("/") if is_uri(root) else Path(root).resolve()
+
+
+def child(location: Path | str, *parts: str) -> Path | str:
+    """A path below `location`, of the same kind: a Path below a Path, a URI string below a URI."""
+    return Path(location, *parts) if isinstance(location, Path) else join(location, *parts)
+
+
 @lru_cache(maxsize=64)
 def _filesystem(scheme_and_host: str):
     """One pyarrow filesystem per scheme://bucket (creating an S3 client costs ~20 ms)."""

@@ -80,10 +80,10 @@ def evaluate(name: str, root: str | Path, split: str = "test", model: str = "bes
     for label, n, hi in (("--generated", generated, 1024), ("--bars", bars, 256), ("--max-bars", max_bars, 10**7)):
         if not 0 <= n <= hi:
             raise MahlerError(f"{label} must be in 0..{hi}, got {n}")
-    root = _root(root)
+    root = storage.as_root(root)
     run = run_dir(root, name)
     info = resolve_checkpoint(run, model)
-    data_root = _root(pieces) if pieces else root
+    data_root = storage.as_root(pieces) if pieces else root
     # the build the run trained on: its splits are the run's (a newer build may assign pieces
     # to other splits, and its test split could then hold bars the model trained on)
     train_index = read_index(root, run_build(run, root, say=print if progress else None))
@@ -142,10 +142,6 @@ def evaluate(name: str, root: str | Path, split: str = "test", model: str = "bes
     if log_wandb:
         _log_wandb(local_run, name, report, png)
     return EvalReport(path, png, report)
-
-
-def _root(root: str | Path) -> str | Path:
-    return root if storage.is_uri(root) else Path(root).resolve()
 
 
 def run_build(run: Path | str, root: Path | str, say=None) -> str | None:

@@ -113,7 +113,7 @@ def run_generate(root: str | Path, name: str, opts: GenerateOptions,
                           f"use one or more of {', '.join(MODES)}")
     if opts.samples < 1 or opts.length < 1 or opts.steps < 1 or opts.batch_size < 1:
         raise MahlerError("--samples, --length, --steps and --batch-size must be >= 1")
-    root = root if storage.is_uri(root) else Path(root)
+    root = storage.as_root(root)
     gen = Generator.from_run(root, name, opts.checkpoint, device=opts.device)
     if opts.max_rows is not None:
         if opts.max_rows < 1:

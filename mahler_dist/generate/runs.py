@@ -41,7 +41,7 @@ def run_dir(root: str | Path, name: str) -> Path | str:
     """ROOT/runs/NAME (a Path, or a URI string on an object-store ROOT), after checking NAME is a
     plain run name and the run exists."""
     check_run_name(name)
-    path = storage.join(root, "runs", name) if storage.is_uri(root) else Path(root) / "runs" / name
+    path = storage.child(root if storage.is_uri(root) else Path(root), "runs", name)
     if not storage.is_dir(path):
         raise MahlerError(f"no run {name!r} under {storage.join(root, 'runs')}")
     return path
@@ -65,7 +65,7 @@ def list_checkpoints(run: Path | str) -> list[CheckpointInfo]:
         score = float(score) if isinstance(score, (int, float)) and math.isfinite(score) else None
         epoch = int(m.group(2)) if end_of_epoch else int(metrics.get("epoch", 0))
         step = int(metrics.get("step", int(m.group(2)) if not end_of_epoch else 0))
-        path = run / child if isinstance(run, Path) else storage.join(run, child)
+        path = storage.child(run, child)
         out.append(CheckpointInfo(child, path, epoch, step, end_of_epoch, score))
     return sorted(out, key=lambda c: (c.step, c.epoch, c.end_of_epoch, c.name))
 

@@ -30,7 +30,7 @@ from mahler_dist.errors import MahlerError
 from mahler_dist.generate.generator import Generator
 from mahler_dist.generate.output import corpus_programs
 from mahler_dist.serve import engine
-from mahler_dist.serve.catalog import ModelCatalog, UnknownModel, canonical_id, serving_root
+from mahler_dist.serve.catalog import ModelCatalog, UnknownModel, canonical_id
 from mahler_dist.serve.limits import LIMITS
 from mahler_dist.serve.page import page_html
 from mahler_dist.serve.schemas import ErrorOut, GenerateRequest, GenerateResponse, ModelInfo
@@ -110,7 +110,7 @@ def _replica_device(device: str) -> str:
 @serve.ingress(app)
 class GenerationService:
     def __init__(self, root: str, default_model: str | None = None, device: str = "auto"):
-        self.root = serving_root(root)
+        self.root = storage.as_root(root)
         self.catalog = ModelCatalog(self.root)
         self.catalog.refresh()
         self.default_model = canonical_id(default_model) if default_model else None
@@ -227,4 +227,4 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     if not root:
         raise MahlerError("serve args: root is required (the preprocessed ROOT with runs/)")
     # refused here, by name, rather than in every replica (Path() makes s3://b/x a folder "s3:")
-    return GenerationService.bind(str(serving_root(root)), args.get("model"), str(args.get("device", "auto")))
+    return GenerationService.bind(str(storage.as_root(root)), args.get("model"), str(args.get("device", "auto")))

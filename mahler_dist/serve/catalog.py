@@ -29,19 +29,13 @@ class Entry:
     info: CheckpointInfo     # the folder it resolves to now
 
 
-def serving_root(root: str | Path) -> Path | str:
-    """ROOT as the server reads it: an object-store URI as given, a local path made absolute
-    (replicas may start in another working directory)."""
-    return root if storage.is_uri(root) else Path(root).resolve()
-
-
 def canonical_id(model_id: str) -> str:
     return model_id if "/" in model_id else f"{model_id}/best"
 
 
 class ModelCatalog:
     def __init__(self, root: str | Path):
-        self.root = root if storage.is_uri(root) else Path(root)
+        self.root = storage.as_root(root)
         self._entries: dict[str, Entry] = {}
 
     def refresh(self) -> dict[str, Entry]:
@@ -52,7 +46,7 @@ class ModelCatalog:
                 check_run_name(name)
             except MahlerError:
                 continue
-            run = storage.join(self.root, "runs", name) if storage.is_uri(self.root) else self.root / "runs" / name
+            run = storage.child(self.root, "runs", name)
             found = list_checkpoints(run)
             if not found:
                 continue

@@ -53,10 +53,11 @@ class ServeOptions:
 def run_server(name: str, root: str, opts: ServeOptions, *, address: str | None = None,
                say: Callable[[str], None] = print, stop: threading.Event | None = None) -> None:
     from mahler_dist.ray_runtime import ray_runtime
-    from mahler_dist.serve.catalog import ModelCatalog, serving_root
+    from mahler_dist import storage
+    from mahler_dist.serve.catalog import ModelCatalog
 
     opts.check()
-    root_path = serving_root(root)
+    root_path = storage.as_root(root)
     entry = ModelCatalog(root_path).lookup(name)          # a clear error before Ray starts
     with ray_runtime(address, say=say, log_to_driver=False):
         from ray import serve

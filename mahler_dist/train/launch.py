@@ -172,8 +172,8 @@ def train(name: str, root: str | Path, config: str | None = None, *, workers: in
     if cpus_per_worker is not None and not cpus_per_worker > 0:
         raise MahlerError(f"--cpus-per-worker must be > 0, got {cpus_per_worker}")
     remote = storage.is_uri(root)
-    root = str(root).rstrip("/") if remote else Path(root).resolve()
-    run = storage.join(root, "runs", name) if remote else root / "runs" / name   # Ray Train's run folder
+    root = storage.as_root(root)
+    run = storage.child(root, "runs", name)                                       # Ray Train's run folder
     run_dir = storage.cache_dir(run) / name if remote else run                    # the driver's working copy
     if restart and storage.is_dir(run):
         if not yes and not _confirm(f"delete run {run} and start over?"):
