@@ -89,10 +89,12 @@ def _serial_pipeline(root: str) -> dict:
     and its pieces/*.npz, the shard plan, write_shard) over every file of ROOT/input, files read
     first. Ray's speed-up over this is its parallel efficiency on the same work."""
     from mahler_dist.config import DataConfig
-    from mahler_dist.data import preprocess as PP
+    from mahler_dist.data.build_tasks import encode_record, write_shard
+    from mahler_dist.data.corpus_plan import plan_corpus
     from mahler_dist.data import shards as S
+    from mahler_dist.storage import Store
 
-    config, store = DataConfig(), PP.Store(root)
+    config, store = DataConfig(), Store(root)
     input_dir = store.path(S.INPUT_DIR)
     out = f"{store.base}-serial"   # beside ROOT, so that the Ray runs never see it
     pieces_dir = f"{out}/{S.PIECES_DIR}"
@@ -102,17 +104,17 @@ def _serial_pipeline(root: str) -> dict:
     t = time.perf_counter()
     records = []
     for rel, data in files:
-        rec, npz = PP.encode_record(data, rel, config)
+        rec, npz = encode_record(data, rel, config)
         if npz is not None:
             store.write(f"{pieces_dir}/{rec['piece']}.npz", npz)
         records.append(rec)
     encode_s = time.perf_counter() - t
-    _, plans, _ = PP._plan(records, config)
+    _, plans, _ = plan_corpus(records, config)
     samples = 0
     for split in S.SPLITS:
         for i, items in enumerate(plans[split]):
             path = f"{out}/{S.SHARDS_DIR}/{S.shard_name(split, i)}"
-            samples += PP.write_shard(store, pieces_dir, path, [tuple(x) for x in items], config.max_rows_per_bar)["nsamples"]
+            samples += write_shard(store, pieces_dir, path, [tuple(x) for x in items], config.max_rows_per_bar)["nsamples"]
     wall = time.perf_counter() - t
     store.remove(out)
     return {"wall": wall, "encode_s": encode_s, "shards_s": wall - encode_s, "samples": samples}

@@ -23,7 +23,9 @@ from hypothesis import strategies as st
 from mahler_dist.config import DataConfig
 from mahler_dist.data import shards as S
 from mahler_dist.data import publish as PB
-from mahler_dist.data.preprocess import Store, TarShardWriter, encode_record, reason_kind
+from mahler_dist.data.build_tasks import TarShardWriter, encode_record
+from mahler_dist.data.summary import reason_kind
+from mahler_dist.storage import Store
 from mahler_dist.errors import MahlerError
 from mahler_dist.music.encode import decode_to_midi, encode_bytes
 from mahler_dist.music.rows import PieceRows, bar_windows
@@ -476,14 +478,14 @@ def test_encode_record_limits_are_checked_before_the_work(piano_file):
 
 
 def test_plan_counts_repairs_and_contexts(piano_file):
-    from mahler_dist.data.preprocess import _plan
+    from mahler_dist.data.corpus_plan import plan_corpus
 
     name, data = piano_file
     rec, _ = encode_record(data, name, DataConfig(max_rows_per_bar=8))
     repaired = dict(rec, path="b.mid", piece="f" * 16, repairs=["skipped unknown chunk 'XFIH' (12 bytes)"])
     rejected = dict(rec, path="c.mid", piece="e" * 16, status="rejected", reason="truncated file",
                     repairs=["unwrapped RIFF"])
-    manifest, _, stats = _plan([rec, repaired, rejected], DataConfig(max_rows_per_bar=8))
+    manifest, _, stats = plan_corpus([rec, repaired, rejected], DataConfig(max_rows_per_bar=8))
     assert [m["repairs"] for m in manifest] == [[], repaired["repairs"], ["unwrapped RIFF"]]
     assert stats["repairs"] == {"files": 2, "files_ok": 1, "kinds": {"skipped unknown chunk 'XFIH'": 1,
                                                                       "unwrapped RIFF": 1}}
