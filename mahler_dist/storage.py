@@ -8,8 +8,9 @@ GOOGLE_APPLICATION_CREDENTIALS for GCS); Ray Train's storage_path resolves the s
 Object stores have no rename and no append, so nothing here renames a folder or appends to a
 file. Only two writes carry a guarantee beyond "the bytes arrive": `write_atomic` (readers see
 the old object or the new one, never a torn one: a temp file and os.replace locally, one PUT on an
-object store) and `create_exclusive` (the lock file: O_EXCL locally; on an object store a write
-then a read-back, which narrows but does not close the race).
+object store) and `create_exclusive` (the lock file: a hard link locally; on S3 a conditional PUT, If-None-Match: *,
+so one of racing writers wins; on other object stores a check, a write and a read-back, which
+narrows but does not close the race).
 
 What must be a local file to be used (a checkpoint torch.load()s, a run's working files the
 driver appends to) is copied through `cache_dir(uri)`: a folder per URI under MAHLER_CACHE_DIR
@@ -53,6 +54,30 @@ def _filesystem(scheme_and_host: str):
     import pyarrow.fs as pafs
 
     return pafs.FileSystem.from_uri(scheme_and_host)[0]
+
+
+@lru_cache(maxsize=8)
+def _s3_client(region: str):
+    import boto3   # endpoint and credentials from the environment, as pyarrow reads them
+
+    return boto3.client("s3", region_name=region or None)
+
+
+def _s3_put_if_absent(fs, path: str, data: bytes) -> bool:
+    """One conditional PUT (If-None-Match: *, which S3 has honoured since 2024): the server creates
+    the key only if it does not exist, so of racing writers exactly one wins. pyarrow cannot send
+    the header, hence boto3 for this one call. False when the key exists (412) or a concurrent
+    conditional write conflicted (409: the caller retries, as a lock does)."""
+    from botocore.exceptions import ClientError
+
+    bucket, key = path.split("/", 1)
+    try:
+        _s3_client(fs.region).put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        return True
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+            return False
+        raise
 
 
 def resolve(path: str | os.PathLike):
@@ -146,10 +171,15 @@ class Store:
                 return False
             finally:
                 os.unlink(tmp)
-        if self.exists(path):
-            return False
-        self.write(path, data)
-        return self.read_if_exists(path) == data   # another writer's PUT landed after ours: theirs
+        if self.fs.type_name == "s3":
+            if not _s3_put_if_absent(self.fs, path, data):
+                return False
+        else:   # no conditional create through pyarrow: check, PUT, read back (narrows the race only)
+            if self.exists(path):
+                return False
+            self.write(path, data)
+        # a server that ignores If-None-Match lets a later PUT replace ours: then it is theirs
+        return self.read_if_exists(path) == data
 
     def mkdir(self, path: str) -> None:
         self.fs.create_dir(path, recursive=True)
