@@ -107,6 +107,14 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from mahler_dist.submit import submit
+
+    entrypoint = args.entrypoint[1:] if args.entrypoint[:1] == ["--"] else args.entrypoint
+    return submit(entrypoint, address=args.address, working_dir=args.working_dir, env_names=args.env,
+                  wait=not args.no_wait, submission_id=args.submission_id)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mahler",
@@ -247,6 +255,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="NAME RUNDIR", help="pairs of a label and a run folder")
     p.add_argument("--out", default=None, help="PNG file to write (default curves_MODE.png)")
     p.set_defaults(func=_cmd_plot)
+
+    p = sub.add_parser("submit", help="run a job on a Ray cluster (ray job submit --working-dir . with this "
+                       "project's excludes and W&B credentials from the environment)",
+                       description="e.g. mahler submit --address http://127.0.0.1:8265 -- python jobs/train.py "
+                       "big --root s3://BUCKET/mahler --gpus. WANDB_API_KEY, WANDB_ENTITY, WANDB_PROJECT, WANDB_MODE "
+                       "and WANDB_BASE_URL are copied from this environment into the job's when set.")
+    p.add_argument("--address", default=None, help="the cluster's Jobs API (default RAY_ADDRESS, else "
+                   "http://127.0.0.1:8265, where `ray dashboard ray_cluster.yaml` forwards it)")
+    p.add_argument("--working-dir", default=".", help="the folder uploaded as the job's working dir (default .)")
+    p.add_argument("--env", action="append", default=[], metavar="NAME",
+                   help="also copy this environment variable into the job's (its value is read here; repeatable)")
+    p.add_argument("--no-wait", action="store_true", help="return once submitted instead of following the logs")
+    p.add_argument("--submission-id", default=None, help="the job's id (default: Ray picks one)")
+    p.add_argument("entrypoint", nargs=argparse.REMAINDER, help="-- then the job's command, e.g. python jobs/train.py ...")
+    p.set_defaults(func=_cmd_submit)
 
     p = sub.add_parser("describe", help="print a configuration's architecture and parameter counts")
     p.add_argument("--config", default=None, help="a YAML file or a preset name (tiny, small, mahlernet)")

@@ -1,7 +1,8 @@
-"""`ray job submit --working-dir .` as a user runs it: a Ray head started for this test on
-non-default ports (`ray start --head --block`, stopped by its PID: `ray stop` would end every Ray
-on the machine), then jobs/preprocess.py and jobs/train.py (tiny preset, 1 epoch) submitted to it
-and waited for, and their outputs checked in ROOT."""
+"""Jobs submitted as a user submits them: a Ray head started for this test on non-default ports
+(`ray start --head --block`, stopped by its PID: `ray stop` would end every Ray on the machine),
+then jobs/preprocess.py with `ray job submit --working-dir .` and jobs/train.py (tiny preset,
+1 epoch) with `mahler submit` (the same submission, with the project's excludes and W&B settings
+taken from the submitter's environment), each waited for and its outputs checked in ROOT."""
 
 from __future__ import annotations
 
@@ -19,12 +20,11 @@ from pathlib import Path
 import pytest
 
 from mahler_dist.serve.probe import free_port
+from mahler_dist.submit import EXCLUDES
 
 pytestmark = pytest.mark.cluster
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-#: what the working-dir upload leaves out (Ray notes 4.2: with a .gitignore the upload must be told)
-EXCLUDES = [".git", ".venv", "demo", "**/__pycache__", "tests", "bench/gpu_bars.npz"]
 
 
 @pytest.fixture
@@ -80,10 +80,16 @@ def test_preprocess_then_train_with_ray_job_submit(ray_head, tmp_path):
     out = submit(url, env, "jobs/preprocess.py", str(root), "--shard-samples", "64", "--val", "0.2", "--test", "0")
     assert "8 ok, 0 rejected" in out
     assert (root / "CURRENT").is_file()
-    out = submit(url, env, "jobs/train.py", "submitted", "--root", str(root), "--config", "tiny",
-                 "--workers", "2", "--epochs", "1")
-    assert "run submitted: finished epoch 1" in out
+    # The head runs with WANDB_MODE=offline; the submitter's WANDB_MODE=disabled must reach the job
+    # through its runtime env (an offline run would leave RUN/wandb/).
+    proc = subprocess.run(
+        [str(BIN / "mahler"), "submit", "--address", url, "--", "python", "jobs/train.py", "submitted",
+         "--root", str(root), "--config", "tiny", "--workers", "2", "--epochs", "1"],
+        cwd=REPO, env={**env, "WANDB_MODE": "disabled"}, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "run submitted: finished epoch 1" in out and " succeeded" in out, out[-4000:]
     run = root / "runs" / "submitted"
     assert (run / "checkpoint_epoch0001" / "state.pt").is_file()
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == [1]
+    assert not (run / "wandb").exists(), "the job ran with the head's WANDB_MODE, not the submitter's"
