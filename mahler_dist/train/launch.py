@@ -35,7 +35,7 @@ from mahler_dist.errors import ConfigError, MahlerError
 from mahler_dist.ray_runtime import ray_runtime
 from mahler_dist.run_names import check_run_name  # the one rule (train, generate, serve)
 from mahler_dist.train.loop import STOP_ACTOR_NAMESPACE, train_loop_per_worker
-from mahler_dist.train.tracking import TrackingCallback
+from mahler_dist.train.tracking import TrackingCallback, read_metrics
 
 
 
@@ -253,6 +253,11 @@ def _train_on_ray(name: str, run_dir: Path, run: Path | str, root: Path | str, c
     finally:
         ray.kill(stop_flag)
     metrics = dict(result.metrics or {})
+    # The loop ends a diverging run on purpose (train/step.py) with a last "diverged" row; fit()
+    # then returns normally, and Result.metrics holds the last checkpoint's row, not that one.
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    if rows and rows[-1]["kind"] == "diverged":
+        raise MahlerError(f"run {name}: {rows[-1]['error']}")
     best = best_checkpoint(result.best_checkpoints) or result.checkpoint
     return TrainSummary(name, run_dir, int(metrics.get("epoch", 0)), bool(metrics.get("stopped")),
                         best.path if best else None, metrics, time.time() - t0)

@@ -33,7 +33,7 @@ from mahler_dist.model.loss import compute_loss
 from mahler_dist.model.optim import build_optimizer
 from mahler_dist.model.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from mahler_dist.train.metric_window import MetricWindow
-from mahler_dist.train.step import NonFiniteGuard, train_step
+from mahler_dist.train.step import NonFiniteGuard, TrainingDiverged, train_step
 
 STOP_ACTOR_NAMESPACE = "mahler-dist"
 
@@ -226,9 +226,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 observer.after_step(rank=rank, epoch=epoch, step=step, keys=keys, metrics=metrics)
             if step % tc.log_every_steps == 0:
                 seconds = time.perf_counter() - window.started
+                try:
+                    skipped = guard.check(step)
+                except TrainingDiverged as e:   # every rank at once: a deliberate end, not a failure to retry
+                    ray.train.report({"kind": "diverged", "step": step, "epoch": epoch, "error": str(e)})
+                    return
                 # lr is the host's schedule: reported as it stands, not summed on the device
                 row = {"kind": "step", "step": step, "epoch": epoch, **window.reduce(),
-                       "lr": scheduler.get_last_lr()[0], "skipped_steps": guard.check(step),
+                       "lr": scheduler.get_last_lr()[0], "skipped_steps": skipped,
                        "data_wait_frac": waited / max(seconds, 1e-9)}
                 ray.train.report(row)
                 window, waited = MetricWindow(), 0.0

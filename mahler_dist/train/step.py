@@ -20,6 +20,11 @@ from mahler_dist.model.loss import compute_loss
 from mahler_dist.model.optim import clip_gradients, skips_on_device
 
 
+class TrainingDiverged(MahlerError):
+    """train.max_nonfinite_steps non-finite steps in a row: the run ends on purpose, on every rank
+    at once, and is not retried (a restart from the last checkpoint would diverge the same way)."""
+
+
 class NonFiniteGuard:
     """Counts skipped steps on the device: in all, and in a row (reset by a finite step)."""
 
@@ -34,13 +39,19 @@ class NonFiniteGuard:
         self.in_a_row.mul_(bad).add_(bad)
 
     def check(self, step: int) -> int:
-        """Host side, at the log interval: the skipped steps so far; raises after `limit` in a row."""
-        total, row = (int(v) for v in torch.stack([self.total, self.in_a_row]).tolist())
+        """Host side, at the log interval: the skipped steps so far; raises TrainingDiverged after
+        `limit` in a row. Under DDP the counts are the largest of any rank's (one all-reduce per
+        log interval), so every rank decides the same and stops at the same step."""
+        counts = torch.stack([self.total, self.in_a_row])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(counts, op=torch.distributed.ReduceOp.MAX)
+        total, row = (int(v) for v in counts.tolist())
         if row >= self.limit:
-            raise MahlerError(
+            raise TrainingDiverged(
                 f"training stopped at step {step}: the last {row} steps had a non-finite loss or gradient "
                 f"({total} skipped in all; train.max_nonfinite_steps is {self.limit}). Lower train.lr, "
-                "set train.grad_clip_norm, or use train.precision fp32; resume from the last checkpoint")
+                "set train.grad_clip_norm, or use train.precision fp32 (in the run's config.yaml), then run the same "
+                "command to resume from the last checkpoint")
         return total
 
 

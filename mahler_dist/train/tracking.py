@@ -118,6 +118,10 @@ class TrackingCallback(UserCallback):
             if row["kind"] == "epoch" and row.get("final"):
                 self._wandb_run.finish()
                 self._wandb_run = None
+        if self._wandb_run is not None and row["kind"] == "diverged":
+            self._wandb_run.summary["diverged"] = row["error"]
+            self._wandb_run.finish(exit_code=1)
+            self._wandb_run = None
 
     def after_exception(self, run_context, worker_exceptions) -> None:
         self._ensure_started()

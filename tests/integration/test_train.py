@@ -189,6 +189,22 @@ def _wait_for_steps(run_dir: Path, proc: subprocess.Popen, timeout: float = 240)
     pytest.fail("training did not start in time")
 
 
+def test_a_diverging_run_ends_once_with_a_clear_error_and_is_not_retried(data_root, tmp_path):
+    """lr 1e30: the first step is finite, every later one is not. After max_nonfinite_steps in a
+    row both ranks end the run at the same log interval; FailureConfig does not restart it (a
+    restart would diverge the same way) and the error names the run and what to change."""
+    from mahler_dist.errors import MahlerError
+    from mahler_dist.train.launch import train
+
+    cfg = _config_file(tmp_path, lr=1e30, max_nonfinite_steps=3, log_every_steps=4)
+    with pytest.raises(MahlerError, match=r"run diverging: training stopped at step 4: the last 3 steps had a "
+                                          r"non-finite loss .*Lower train.lr"):
+        train("diverging", data_root, str(cfg), workers=2, epochs=1, max_failures=2)
+    rows = read_metrics(data_root / "runs" / "diverging" / "metrics.jsonl")
+    assert [r["kind"] for r in rows] == ["diverged"]       # no "error" rows: no worker failed, none retried
+    assert rows[0]["step"] == 4 and "non-finite" in rows[0]["error"]
+
+
 def test_first_ctrl_c_finishes_the_epoch_and_checkpoints(data_root):
     run_dir = data_root / "runs" / "interrupted"
     proc = _start_cli_train(data_root, "interrupted", epochs=50)
