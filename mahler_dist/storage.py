@@ -23,8 +23,11 @@ import hashlib
 import os
 import shutil
 import uuid
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
+
+from mahler_dist.errors import MahlerError
 
 
 def is_uri(path: str | os.PathLike) -> bool:
@@ -50,10 +53,28 @@ def child(location: Path | str, *parts: str) -> Path | str:
 
 @lru_cache(maxsize=64)
 def _filesystem(scheme_and_host: str):
-    """One pyarrow filesystem per scheme://bucket (creating an S3 client costs ~20 ms)."""
+    """One pyarrow filesystem per scheme://bucket (creating an S3 client costs ~20 ms), checked
+    once by looking the bucket up, so that a bucket this process cannot reach is one clear error
+    before any work rather than an OSError deep inside it."""
     import pyarrow.fs as pafs
 
-    return pafs.FileSystem.from_uri(scheme_and_host)[0]
+    scheme, bucket = scheme_and_host.split("://", 1)
+    if scheme in ("gs", "gcs"):
+        # pyarrow's GCS client retries for 15 minutes by default: without credentials every call
+        # would wait that long on the metadata server before failing
+        fs = pafs.GcsFileSystem(retry_time_limit=timedelta(seconds=float(os.environ.get("MAHLER_GCS_RETRY_S", 60))))
+    else:
+        fs = pafs.FileSystem.from_uri(scheme_and_host)[0]
+    try:
+        fs.get_file_info(bucket)
+    except OSError as e:
+        hint = {"gs": "GOOGLE_APPLICATION_CREDENTIALS or the VM's service account",
+                "gcs": "GOOGLE_APPLICATION_CREDENTIALS or the VM's service account",
+                "s3": "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, or an instance profile"}
+        reason = str(e).split("\n")[0][:300]
+        raise MahlerError(f"{scheme_and_host}: cannot be reached ({reason}). Credentials and the endpoint "
+                          f"come from the environment: {hint.get(scheme, 'see pyarrow.fs')}") from e
+    return fs
 
 
 @lru_cache(maxsize=8)

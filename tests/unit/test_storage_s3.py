@@ -61,3 +61,20 @@ def test_a_second_preprocess_lock_on_an_s3_root_is_refused_naming_the_owner(s3):
             RootLock(store, "build-b").acquire()
     with RootLock(store, "build-c"):   # released: free again
         pass
+
+
+def test_a_bucket_without_credentials_is_one_clear_error_not_a_long_wait(monkeypatch):
+    """gs:// with no Google credentials: pyarrow's client would retry for 15 minutes on every
+    call; the storage layer bounds that and names the bucket and where credentials come from."""
+    import time
+
+    for name in ("GOOGLE_APPLICATION_CREDENTIALS", "CLOUD_STORAGE_EMULATOR_ENDPOINT", "STORAGE_EMULATOR_HOST"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MAHLER_GCS_RETRY_S", "2")
+    monkeypatch.setenv("GCE_METADATA_HOST", "127.0.0.1:9")   # no metadata server: as off Google Cloud
+    storage._filesystem.cache_clear()
+    t = time.monotonic()
+    with pytest.raises(MahlerError, match=r"gs://mahler-no-credentials: cannot be reached .*GOOGLE_APPLICATION_CREDENTIALS"):
+        storage.exists("gs://mahler-no-credentials/root/CURRENT")
+    assert time.monotonic() - t < 30
+    storage._filesystem.cache_clear()
