@@ -59,13 +59,14 @@ def _filesystem(scheme_and_host: str):
     import pyarrow.fs as pafs
 
     scheme, bucket = scheme_and_host.split("://", 1)
-    if scheme in ("gs", "gcs"):
-        # pyarrow's GCS client retries for 15 minutes by default: without credentials every call
-        # would wait that long on the metadata server before failing
-        fs = pafs.GcsFileSystem(retry_time_limit=timedelta(seconds=float(os.environ.get("MAHLER_GCS_RETRY_S", 60))))
-    else:
-        fs = pafs.FileSystem.from_uri(scheme_and_host)[0]
     try:
+        if scheme in ("gs", "gcs"):
+            # pyarrow's GCS client retries for 15 minutes by default: without credentials every
+            # call would wait that long on the metadata server before failing
+            retry = timedelta(seconds=float(os.environ.get("MAHLER_GCS_RETRY_S", 60)))
+            fs = pafs.GcsFileSystem(retry_time_limit=retry)
+        else:   # (S3 looks the bucket's region up here already)
+            fs = pafs.FileSystem.from_uri(scheme_and_host)[0]
         fs.get_file_info(bucket)
     except OSError as e:
         hint = {"gs": "GOOGLE_APPLICATION_CREDENTIALS or the VM's service account",

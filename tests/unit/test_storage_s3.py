@@ -78,3 +78,37 @@ def test_a_bucket_without_credentials_is_one_clear_error_not_a_long_wait(monkeyp
         storage.exists("gs://mahler-no-credentials/root/CURRENT")
     assert time.monotonic() - t < 30
     storage._filesystem.cache_clear()
+
+
+def test_an_s3_endpoint_that_does_not_answer_is_one_clear_error(monkeypatch):
+    """pyarrow fails with an OSError in the first request; the user sees the bucket named and
+    where the endpoint and credentials come from, not a traceback."""
+    from mahler_dist.serve.probe import free_port
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")   # nothing listens there
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    storage._filesystem.cache_clear()
+    with pytest.raises(MahlerError, match=r"s3://mahler-unreachable: cannot be reached .*AWS_ENDPOINT_URL"):
+        storage.exists("s3://mahler-unreachable/root/CURRENT")
+    storage._filesystem.cache_clear()
+
+
+def test_a_failed_bucket_region_lookup_is_the_same_clear_error(monkeypatch):
+    """On AWS itself pyarrow looks the bucket's region up while making the filesystem, and fails
+    there (seen here offline: 'When resolving region for bucket ...: Could not resolve host').
+    That failure is simulated, as this machine's network cannot be made to answer otherwise on
+    demand: it used to escape as a traceback, before the bucket check."""
+    import pyarrow.fs as pafs
+
+    class NoRegion:
+        @staticmethod
+        def from_uri(uri):
+            raise OSError("When resolving region for bucket 'mahler-unreachable': AWS Error NETWORK_CONNECTION "
+                          "during HeadBucket operation: curlCode: 6, Could not resolve hostname")
+
+    monkeypatch.setattr(pafs, "FileSystem", NoRegion)
+    storage._filesystem.cache_clear()
+    with pytest.raises(MahlerError, match=r"s3://mahler-unreachable: cannot be reached \(When resolving region"):
+        storage.exists("s3://mahler-unreachable/root/CURRENT")
+    storage._filesystem.cache_clear()
