@@ -69,12 +69,12 @@ def _filesystem(scheme_and_host: str):
             fs = pafs.FileSystem.from_uri(scheme_and_host)[0]
         fs.get_file_info(bucket)
     except OSError as e:
-        hint = {"gs": "GOOGLE_APPLICATION_CREDENTIALS or the VM's service account",
-                "gcs": "GOOGLE_APPLICATION_CREDENTIALS or the VM's service account",
-                "s3": "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, or an instance profile"}
+        hint = ("GOOGLE_APPLICATION_CREDENTIALS or the VM's service account" if scheme in ("gs", "gcs") else
+                "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, or an instance profile" if scheme == "s3"
+                else "see pyarrow.fs")
         reason = str(e).split("\n")[0][:300]
         raise MahlerError(f"{scheme_and_host}: cannot be reached ({reason}). Credentials and the endpoint "
-                          f"come from the environment: {hint.get(scheme, 'see pyarrow.fs')}") from e
+                          f"come from the environment: {hint}") from e
     return fs
 
 
