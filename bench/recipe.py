@@ -41,6 +41,10 @@ VARIANTS = {
     # to say which pitches a bar holds, so reconstruction leaned on the decoder alone
     "free_bits_48": {"loss.free_bits": 48.0},
     "kl_room": {"loss.free_bits": 48.0, "loss.beta_annealing": True, "loss.beta_max": 0.2},
+    # word dropout on top of kl_room: 30% of decoder steps lose their true previous row, so the
+    # decoder learns to go on without it, as it must from its own samples, and leans on z
+    "kl_room_wdrop": {"loss.free_bits": 48.0, "loss.beta_annealing": True, "loss.beta_max": 0.2,
+                      "model.dec_input_dropout": 0.3},
     "all": {"train.transpose_semitones": 5, "train.lr": 0.004, "train.warmup_steps": 100,
             "train.grad_clip_value": 0.0, "train.grad_clip_norm": 1.0},
 }

@@ -92,6 +92,12 @@ class ModelConfig:
     learned score per interval, -95..+95, from the same inputs), so what the model learns about
     steps and leaps holds in every key and register at once; absolute logits alone must learn each
     of the 96 x 96 pitch pairs separately. Off in the original."""
+    dec_input_dropout: float = 0.0
+    """Training only: the probability that a decoder step's input (the previous row and the
+    sounding sets) is replaced by the empty input of step 0, and the pitch head's interval term
+    loses its previous pitch at that step (word dropout, Bowman et al. 2016). In generation the
+    previous row is the model's own sample; a decoder that never trained without the true one
+    copies it and drifts once it errs, and has less reason to read z. Off in the original."""
     learned_prior: bool = False
     """Learn p(z | context) instead of N(0, I): a true conditional VAE (the original was not)."""
     logits_batch_norm: bool = False
@@ -338,7 +344,7 @@ def _semantic_errors(c: Config) -> list[str]:
     if t.max_batch_rows < 2 * c.data.max_rows_per_bar:
         errors.append(f"train.max_batch_rows: must be >= 2 x data.max_rows_per_bar = {2 * c.data.max_rows_per_bar} "
                       f"(a bar and its context must fit a batch), got {t.max_batch_rows}")
-    for k in ("enc_dropout", "vae_dropout", "dec_dropout"):
+    for k in ("enc_dropout", "vae_dropout", "dec_dropout", "dec_input_dropout"):
         if not 0.0 <= getattr(m, k) < 1.0:
             errors.append(f"model.{k}: must be in [0, 1), got {getattr(m, k)}")
     if lo.beta_annealing and not 0.0 < lo.beta_rate < 1.0:

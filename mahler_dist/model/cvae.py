@@ -218,8 +218,14 @@ class MahlerNet(nn.Module):
         pad_act = batch["inp_active"].new_zeros((rows.shape[0], 1, batch["inp_active"].shape[2]))
         x = self.spec.decoder_inputs(torch.cat([rows, pad_row], 1),
                                      torch.cat([batch["inp_active"], pad_act], 1))   # [B, T+1, F]
+        hidden_prev = None
+        if self.training and self.cfg.dec_input_dropout > 0:
+            # step t's input is row t-1: a hidden step gets step 0's all-zero input
+            hidden_prev = torch.rand(x.shape[:2], device=x.device) < self.cfg.dec_input_dropout   # [B, T+1]
+            x = x.masked_fill(hidden_prev.unsqueeze(-1), 0.0)
+            hidden_prev = hidden_prev[:, :-1]
         h, _ = self._run_decoder(x, state)                                          # [B, T+1, D]
-        logits = self.heads.teacher_forced(h[:, :-1], rows)
+        logits = self.heads.teacher_forced(h[:, :-1], rows, hidden_prev)
         h_end = h[torch.arange(rows.shape[0], device=h.device), lengths]           # [B, D]
         return ModelOutput(**logits, mu=mu, logvar=logvar, prior_mu=prior_mu, prior_logvar=prior_logvar,
                            end=self.heads.offset_logits(h_end))

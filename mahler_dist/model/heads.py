@@ -67,16 +67,20 @@ class Heads(nn.Module):
         return logits
 
     def pitch_logits(self, h: torch.Tensor, offset: torch.Tensor, beat: torch.Tensor,
-                     duration: torch.Tensor, prev_pitch: torch.Tensor) -> torch.Tensor:
-        """prev_pitch: the previous row's pitch (-1 if none); used by the same-step reduction."""
+                     duration: torch.Tensor, prev_pitch: torch.Tensor,
+                     interval_from: torch.Tensor | None = None) -> torch.Tensor:
+        """prev_pitch: the previous row's pitch (-1 if none), for the same-step reduction and
+        the interval term; `interval_from` replaces it for the interval term alone (-1 where
+        the decoder-input dropout hid the previous row)."""
+        interval_from = prev_pitch if interval_from is None else interval_from
         x = torch.cat([h, *self._time(offset, beat), one_hot(duration, V.NUM_TIME_CLASSES)], -1)
         logits = self._logits("pitch", x)
         if self.interval is not None:
             # pitch k's interval from the previous pitch is k - prev: gather its logit; a row with
             # no previous pitch (the bar's first row, after a pause) gets none
             classes = torch.arange(V.NUM_PITCHES, device=h.device)
-            has_prev = prev_pitch >= 0
-            index = classes + (V.NUM_PITCHES - 1) - prev_pitch.clamp(min=0).unsqueeze(-1)   # [..., 96]
+            has_prev = interval_from >= 0
+            index = classes + (V.NUM_PITCHES - 1) - interval_from.clamp(min=0).unsqueeze(-1)   # [..., 96]
             relative = torch.gather(self.interval(x).float(), -1, index)
             logits = logits + relative * has_prev.unsqueeze(-1)
         if self.same_step_reduction:
@@ -92,11 +96,14 @@ class Heads(nn.Module):
                        one_hot(pitch, V.NUM_PITCHES)], dim=-1)
         return self._logits("instrument", x)
 
-    def teacher_forced(self, h: torch.Tensor, rows: torch.Tensor) -> dict[str, torch.Tensor]:
-        """All four heads conditioned on the ground-truth rows. h [B, T, H], rows [B, T, 5]."""
+    def teacher_forced(self, h: torch.Tensor, rows: torch.Tensor,
+                       hidden_prev: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """All four heads conditioned on the ground-truth rows. h [B, T, H], rows [B, T, 5];
+        hidden_prev bool [B, T]: steps whose previous row the decoder-input dropout hid."""
         o, b, d, p = (rows[..., k] for k in (V.OFFSET, V.BEAT, V.DURATION, V.PITCH))
         prev_p = torch.cat([torch.full_like(p[:, :1], V.NONE), p[:, :-1]], dim=1)
+        interval_from = None if hidden_prev is None else prev_p.masked_fill(hidden_prev, V.NONE)
         return {"offset": self.offset_logits(h),
                 "duration": self.duration_logits(h, o, b),
-                "pitch": self.pitch_logits(h, o, b, d, prev_p),
+                "pitch": self.pitch_logits(h, o, b, d, prev_p, interval_from),
                 "instrument": self.instrument_logits(h, o, b, d, p)}
